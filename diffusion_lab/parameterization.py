@@ -57,6 +57,9 @@ class Prediction:
     score: Tensor
     v: Tensor
     velocity: Tensor
+    #: improved-DDPM learned variance: the interpolation fraction ν ∈ [0, 1] with
+    #: log Σ = ν log β_t + (1 − ν) log β̃_t (Nichol & Dhariwal 2021, Eq. 15); None without it
+    var_interp: Tensor | None = None
 
 
 @dataclass

@@ -54,12 +54,15 @@ class Denoiser:
         parameterization: Parameterization | str = "eps",
         guidance: Guidance | None = None,
         net_kwargs: dict | None = None,
+        learned_variance: bool = False,
     ):
         self.net = CountingNetwork(net)
         self.schedule = schedule
         self.parameterization = Parameterization(parameterization) if isinstance(parameterization, str) else parameterization
         self.guidance = guidance
         self.net_kwargs = net_kwargs or {}
+        #: the network outputs 2C channels: the prediction, then the variance interpolation in [-1, 1]
+        self.learned_variance = learned_variance
 
     @property
     def nfe(self) -> int:
@@ -82,8 +85,13 @@ class Denoiser:
             t = t.expand(x.shape[0])
         x_in, label = self.parameterization.net_inputs(x, t, self.schedule)
         dtype = self._net_dtype(x)
-        out = self.net(x_in.to(dtype), label.to(dtype), **self.net_kwargs)
-        pred = self.parameterization.predict(out.to(x.dtype), x, t, self.schedule)
+        out = self.net(x_in.to(dtype), label.to(dtype), **self.net_kwargs).to(x.dtype)
+        var_interp = None
+        if self.learned_variance:
+            out, raw = out.chunk(2, dim=1)
+            var_interp = (raw + 1.0) / 2.0
+        pred = self.parameterization.predict(out, x, t, self.schedule)
+        pred.var_interp = var_interp
         if self.guidance is not None:
             pred = self.guidance(pred, x, t)
         return pred

@@ -1,0 +1,12 @@
+"""Samplers: one module per family, sharing the time grid (``grids``), the denoiser with its NFE
+counter (``denoiser``) and the registry/runner (``base``). Importing this package registers every
+family; ``Sampler(name, steps=..., grid=..., **options)`` runs one."""
+
+from diffusion_lab.samplers.base import SAMPLERS, Sampler, SampleResult, register
+from diffusion_lab.samplers.denoiser import CountingNetwork, Denoiser
+from diffusion_lab.samplers.grids import GRIDS, time_grid
+
+# Sampler families (each registers itself on import).
+from diffusion_lab.samplers import ddim  # noqa: F401,E402
+
+__all__ = ["SAMPLERS", "Sampler", "SampleResult", "register", "Denoiser", "CountingNetwork", "GRIDS", "time_grid"]

@@ -1,0 +1,125 @@
+"""What every sampler shares: the registry, the runner, the progress bar.
+
+A sampler is a plain function (k-diffusion style)
+
+    fn(denoiser, x, grid, *, generator=None, progress=False, **options) -> x_0
+
+that integrates from x at grid[0] down the decreasing time grid (``grids.time_grid``), asks the
+denoiser for predictions (never the raw network output), keeps its state in the dtype of x (the
+runner passes float64), and draws any noise from ``generator``. It is registered with
+``register(name, stochastic=..., order=..., nfe_per_step=..., default_grid=...)``.
+
+``Sampler`` is the configurable object that Hydra builds (``conf/sampler/*.yaml``): it draws the
+prior, builds the grid, runs the function and reports the NFE the denoiser actually counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from diffusion_lab.samplers.denoiser import DenoiserLike
+from diffusion_lab.samplers.grids import time_grid
+
+SamplerFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Registry entry: the function and what a user needs to know about it."""
+
+    fn: SamplerFn
+    stochastic: bool
+    order: float | None  # nominal order of convergence (ODE samplers), None if not meaningful
+    nfe_per_step: float  # network calls per step (before the terminal denoise)
+    default_grid: str
+    needs_score: bool = False  # uses the score (Langevin / reverse SDE): requires a Gaussian model
+    description: str = ""
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register(name: str, *, stochastic: bool, order: float | None, nfe_per_step: float, default_grid: str = "uniform",
+             needs_score: bool = False, description: str = "") -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator: register a sampler function under ``name``."""
+
+    def deco(fn: SamplerFn) -> SamplerFn:
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is registered twice.")
+        SAMPLERS[name] = SamplerSpec(fn, stochastic, order, nfe_per_step, default_grid, needs_score,
+                                     description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def progress_steps(grid: Tensor, progress: bool, desc: str = "sampling") -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(i, t_cur, t_next) over consecutive grid points, with a tqdm bar when ``progress``."""
+    it: Iterable[int] = range(len(grid) - 1)
+    if progress:
+        it = tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+    for i in it:
+        yield i, grid[i], grid[i + 1]
+
+
+@dataclass
+class SampleResult:
+    x: Tensor
+    nfe: int
+    seconds: float
+    grid: Tensor = field(repr=False)
+
+
+class Sampler:
+    """A configured sampler: ``Sampler("dpm_solver_pp_2m", steps=10, grid="lambda")``.
+
+    ``options`` go to the sampler function (eta, churn, snr, ...). ``label`` names the sampler in logs
+    (default ``<name>_<steps>``)."""
+
+    def __init__(self, name: str, steps: int = 50, grid: str | None = None, label: str | None = None,
+                 rho: float = 7.0, denoise_last: bool = True, **options):
+        _ensure_registered()
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
+        self.name, self.steps, self.rho, self.denoise_last = name, int(steps), float(rho), bool(denoise_last)
+        self.spec = SAMPLERS[name]
+        self.grid = grid or self.spec.default_grid
+        self.label = label or f"{name}_{self.steps}"
+        self.options = dict(options)
+
+    @property
+    def kind(self) -> str:
+        """"SDE" for stochastic samplers, "ODE" for deterministic ones."""
+        return "SDE" if self.spec.stochastic else "ODE"
+
+    def time_grid(self, schedule) -> Tensor:
+        return time_grid(schedule, self.steps, self.grid, rho=self.rho, denoise_last=self.denoise_last)
+
+    def __call__(self, denoiser: DenoiserLike, shape: tuple[int, ...] | None = None, *, x_T: Tensor | None = None,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 progress: bool = True) -> SampleResult:
+        """Draw x_T from the prior (or take ``x_T``), run the sampler in float64, return the samples."""
+        schedule = denoiser.schedule
+        if x_T is None:
+            if shape is None:
+                raise ValueError("Sampler needs a shape or an initial x_T.")
+            x_T = schedule.prior_sample(tuple(shape), generator=generator, dtype=torch.float64, device=device)
+        grid = self.time_grid(schedule)
+        nfe0 = denoiser.nfe
+        t0 = time.perf_counter()
+        x = self.spec.fn(denoiser, x_T.to(torch.float64), grid, generator=generator, progress=progress, **self.options)
+        return SampleResult(x=x, nfe=denoiser.nfe - nfe0, seconds=time.perf_counter() - t0, grid=grid)
+
+    def __repr__(self) -> str:
+        return f"Sampler({self.name!r}, steps={self.steps}, grid={self.grid!r}, options={self.options})"
+
+
+def _ensure_registered() -> None:
+    """Import the sampler families so that their @register decorators have run."""
+    import diffusion_lab.samplers  # noqa: F401  (the package __init__ imports every family)
