@@ -1,0 +1,1 @@
+"""Lightning glue: the LightningModule, EMA, and the callbacks that sample and evaluate."""

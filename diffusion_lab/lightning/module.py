@@ -1,0 +1,129 @@
+"""The LightningModule: a network trained with a loss under a schedule and parameterization, with
+EMA weights used for sampling.
+
+Everything mathematical lives below (schedules, parameterization, losses, samplers); this file only
+wires it to Lightning: optimisation (Adam/AdamW, linear warm-up, gradient clipping through the
+Trainer), EMA updates after each optimizer step, the loss's own state (importance-sampling history)
+in the checkpoint, and ``generate`` for the sampling callbacks and entry points.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from diffusion_lab.lightning.ema import EMA
+from diffusion_lab.parameterization import Parameterization
+from diffusion_lab.samplers import Denoiser, Sampler, SampleResult
+from diffusion_lab.schedules.base import Schedule
+
+
+class DiffusionModule(pl.LightningModule):
+    """net + schedule + parameterization + loss, trained with EMA."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        parameterization: Parameterization,
+        loss: Any,
+        sampler: Sampler,
+        data_shape: tuple[int, ...],
+        optimizer: dict | None = None,
+        ema: dict | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        config: dict | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.schedule, self.parameterization, self.loss, self.sampler = schedule, parameterization, loss, sampler
+        self.data_shape = tuple(data_shape)
+        self.optim_cfg = {"name": "adamw", "lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                          "warmup_steps": 0, **(optimizer or {})}
+        ema = {"decay": 0.999, "half_life_images": None, "ramp_up": None, **(ema or {})}
+        self.ema = EMA(net, **ema)
+        self.channels_last = channels_last and len(self.data_shape) == 3
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.train_net = torch.compile(self.net) if compile else self.net
+        # The resolved config, as plain containers, so checkpoints load with weights_only=True.
+        self.save_hyperparameters({"config": config or {}})
+
+    # ------------------------------------------------------------------ training
+    def _images(self, batch: Any) -> tuple[Tensor, dict]:
+        if isinstance(batch, (tuple, list)):
+            x0 = batch[0]
+            kwargs = {}
+        else:
+            x0, kwargs = batch, {}
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        return x0, kwargs
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x0, net_kwargs = self._images(batch)
+        out = self.loss(self.train_net, x0, self.schedule, self.parameterization, net_kwargs=net_kwargs)
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
+        for k, v in out.logs.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=x0.shape[0])
+        return out.loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x0, net_kwargs = self._images(batch)
+        out = self.loss(self.net, x0, self.schedule, self.parameterization, net_kwargs=net_kwargs)
+        self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        x0, _ = self._images(batch)
+        self.ema.update(self.net, batch_size=x0.shape[0] * max(1, self.trainer.world_size))
+
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        name = str(c["name"]).lower()
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        kw = dict(lr=c["lr"], betas=tuple(c["betas"]), eps=c["eps"], weight_decay=c["weight_decay"])
+        if torch.cuda.is_available():
+            kw["fused"] = True  # fused kernels where available (CUDA)
+        if name == "adam":
+            opt = torch.optim.Adam(params, **kw)
+        elif name == "adamw":
+            opt = torch.optim.AdamW(params, **kw)
+        else:
+            raise ValueError(f"optimizer.name={c['name']!r} is not supported; use adam or adamw.")
+        warmup = int(c["warmup_steps"])
+        if warmup <= 0:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if hasattr(self.loss, "state_dict"):
+            checkpoint["loss_state"] = self.loss.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "loss_state" in checkpoint and hasattr(self.loss, "load_state_dict"):
+            self.loss.load_state_dict(checkpoint["loss_state"])
+
+    # ------------------------------------------------------------------ sampling
+    def denoiser(self, use_ema: bool = True, guidance=None) -> Denoiser:
+        net = self.ema.net if use_ema else self.net
+        return Denoiser(net, self.schedule, self.parameterization, guidance=guidance,
+                        learned_variance=bool(getattr(self.loss, "learned_variance", False)))
+
+    @torch.no_grad()
+    def generate(self, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                 use_ema: bool = True, x_T: Tensor | None = None, progress: bool = True) -> SampleResult:
+        """Draw n samples (float64 sampler state; the network in its own dtype)."""
+        sampler = sampler or self.sampler
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return sampler(self.denoiser(use_ema), (n, *self.data_shape), x_T=x_T, generator=generator,
+                           device=self.device, progress=progress)
+        finally:
+            self.net.train(was_training)

@@ -1,0 +1,94 @@
+"""Train a diffusion or flow model: ``python -m diffusion_lab.train [group=choice ...] [key=value ...]``.
+
+Composes conf/train.yaml (Hydra), builds every component, checks that they fit together before any
+training (``config_checks``), then runs Lightning. Outputs (resolved config, checkpoints, logs,
+sample grids) go to the run directory under outputs/.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion_lab.config_checks import check_components
+from diffusion_lab.lightning.module import DiffusionModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate dataset, schedule, parameterization, loss, network and sampler, and check them."""
+    datamodule = instantiate(cfg.dataset)
+    schedule = instantiate(cfg.schedule)
+    parameterization = instantiate(cfg.parameterization)
+    loss = instantiate(cfg.loss)
+    net = instantiate(cfg.model)
+    sampler = instantiate(cfg.sampler)
+    data_shape = tuple(datamodule.data_shape)
+    check_components(dataset=datamodule, schedule=schedule, parameterization=parameterization, loss=loss, net=net,
+                     sampler=sampler, data_shape=data_shape)
+    module = DiffusionModule(
+        net=net, schedule=schedule, parameterization=parameterization, loss=loss, sampler=sampler,
+        data_shape=data_shape, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        ema=OmegaConf.to_container(cfg.ema, resolve=True), channels_last=cfg.fast.channels_last,
+        compile=cfg.fast.compile, config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return {"datamodule": datamodule, "module": module}
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if cfg.get("evaluation") is not None:
+        callbacks.append(instantiate(cfg.evaluation))
+    logger = instantiate(cfg.logger) if cfg.logger is not None and cfg.logger.get("_target_") else False
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=cfg.run_dir)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` means <run_dir>/checkpoints/last.ckpt; anything else must exist."""
+    p = cfg.get("ckpt_path")
+    if p is None:
+        return None
+    path = Path(cfg.run_dir) / "checkpoints" / "last.ckpt" if p == "last" else Path(p)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={p}: no checkpoint at {path}; give an existing .ckpt file.")
+    return str(path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured; returns the module, trainer and the final logged metrics."""
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    parts = build(cfg)
+    trainer = build_trainer(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    trainer.fit(parts["module"], datamodule=parts["datamodule"], ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("finished: %s (run dir %s)", metrics, run_dir)
+    for lg in trainer.loggers:  # each job of a multirun closes its own W&B run
+        exp = getattr(lg, "experiment", None)
+        if hasattr(exp, "finish"):
+            exp.finish()
+    return {"module": parts["module"], "trainer": trainer, "metrics": metrics}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    out = run(cfg)
+    return out["metrics"].get("train/loss_epoch")
+
+
+if __name__ == "__main__":
+    main()

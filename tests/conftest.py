@@ -1,0 +1,28 @@
+"""Shared test set-up: offline W&B, few threads (CI machines have 2 cores), helpers to compose configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(overrides) -> the root config with run_dir/name pointed at tmp_path."""
+    from hydra import compose, initialize_config_dir
+
+    def _compose(overrides: list[str] | None = None):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="train", overrides=[f"run_dir={tmp_path}", "name=test", *(overrides or [])])
+
+    return _compose
