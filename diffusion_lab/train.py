@@ -8,6 +8,7 @@ sample grids) go to the run directory under outputs/.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.config_checks import check_components
+from diffusion_lab.checkpoints import CheckpointError, load_checkpoint
+from diffusion_lab.config_checks import ConfigError, check_components
 from diffusion_lab.lightning.module import DiffusionModule
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         net=net, schedule=schedule, parameterization=parameterization, loss=loss, sampler=sampler,
         data_shape=data_shape, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         ema=OmegaConf.to_container(cfg.ema, resolve=True), channels_last=cfg.fast.channels_last,
-        compile=cfg.fast.compile, config=OmegaConf.to_container(cfg, resolve=True),
+        compile=cfg.fast.compile, config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.seed,
     )
     return {"datamodule": datamodule, "module": module}
 
@@ -60,7 +62,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return None
     path = Path(cfg.run_dir) / "checkpoints" / "last.ckpt" if p == "last" else Path(p)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={p}: no checkpoint at {path}; give an existing .ckpt file.")
+        raise CheckpointError(f"ckpt_path={p}: no checkpoint at {path}; give an existing .ckpt file "
+                              "(ckpt_path=last resumes <run_dir>/checkpoints/last.ckpt, so set hydra.run.dir to the old run).")
+    load_checkpoint(path)  # fails with one sentence on a truncated or foreign file
     return str(path)
 
 
@@ -86,7 +90,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    out = run(cfg)
+    try:
+        out = run(cfg)
+    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
+        # one clear sentence, no traceback (set HYDRA_FULL_ERROR=1 to see it anyway)
+        log.error("%s", e)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"error: {e}") from None
     return out["metrics"].get("train/loss_epoch")
 
 

@@ -37,6 +37,7 @@ class DiffusionModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         config: dict | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.net = net
@@ -50,25 +51,50 @@ class DiffusionModule(pl.LightningModule):
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_net = torch.compile(self.net) if compile else self.net
+        # The training noise (t and ε) comes from this generator, seeded with seed + rank; its state
+        # travels in the checkpoint so a resumed run draws exactly what the uninterrupted run drew.
+        self.seed = int(seed)
+        self._noise_gen: torch.Generator | None = None
+        self._pending_rng: dict | None = None
         # The resolved config, as plain containers, so checkpoints load with weights_only=True.
         self.save_hyperparameters({"config": config or {}})
 
     # ------------------------------------------------------------------ training
     def _images(self, batch: Any) -> tuple[Tensor, dict]:
+        """(x0, network kwargs): class labels go to the network only when it is class-conditional."""
+        kwargs: dict = {}
         if isinstance(batch, (tuple, list)):
             x0 = batch[0]
-            kwargs = {}
+            if len(batch) > 1 and getattr(self.net, "num_classes", None):
+                kwargs["class_labels"] = batch[1]
         else:
-            x0, kwargs = batch, {}
+            x0 = batch
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         return x0, kwargs
 
+    @property
+    def noise_generator(self) -> torch.Generator:
+        if self._noise_gen is None or self._noise_gen.device != self.device:
+            self._noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
+            if self._pending_rng is not None:
+                self._noise_gen.set_state(self._pending_rng["noise"])
+        return self._noise_gen
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, net_kwargs = self._images(batch)
-        out = self.loss(self.train_net, x0, self.schedule, self.parameterization, net_kwargs=net_kwargs)
+        out = self.loss(self.train_net, x0, self.schedule, self.parameterization, generator=self.noise_generator,
+                        net_kwargs=net_kwargs)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"train/loss is {float(out.loss)} at step {self.global_step} (epoch {self.current_epoch}); training "
+                "stopped and the last good checkpoint is kept — lower optimizer.lr, set trainer.gradient_clip_val, "
+                "or check the data."
+            )
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         for k, v in out.logs.items():
+            if k == "loss":
+                continue
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=x0.shape[0])
         return out.loss
 
@@ -78,6 +104,7 @@ class DiffusionModule(pl.LightningModule):
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._pending_rng = None
         x0, _ = self._images(batch)
         self.ema.update(self.net, batch_size=x0.shape[0] * max(1, self.trainer.world_size))
 
@@ -104,10 +131,21 @@ class DiffusionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if hasattr(self.loss, "state_dict"):
             checkpoint["loss_state"] = self.loss.state_dict()
+        # RNG states (training noise, and the global generators used by dropout) for an exact resume
+        checkpoint["rng"] = {"noise": self.noise_generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "loss_state" in checkpoint and hasattr(self.loss, "load_state_dict"):
             self.loss.load_state_dict(checkpoint["loss_state"])
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            self._pending_rng = rng
+            self._noise_gen = None  # rebuilt from the saved state on the right device at first use
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, use_ema: bool = True, guidance=None) -> Denoiser:

@@ -68,6 +68,12 @@ class Denoiser:
     def nfe(self) -> int:
         return self.net.calls
 
+    @property
+    def gives_score(self) -> bool:
+        """Whether predictions carry a true score ∇ log p_t (Gaussian noising): samplers that need
+        the score (reverse SDE, Langevin) refuse a denoiser where this is False."""
+        return bool(getattr(self.parameterization, "gives_score", True))
+
     def reset_nfe(self) -> None:
         self.net.calls = 0
 

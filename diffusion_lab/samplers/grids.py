@@ -19,16 +19,21 @@ Spacings (the first ``steps`` points, or all ``steps + 1`` without the terminal 
 * ``linspace``, ``leading``, ``trailing``: integer timesteps of a discrete schedule with T steps,
   t = i/T, as in diffusers (Lin et al. 2024, Table 2): linspace rounds linspace(1, T, n); leading
   takes 1 + k·⌊T/n⌋ and so never starts at T; trailing takes round(T − k·T/n) and starts at T.
+* ``auto``       ``linspace`` on a discrete schedule (the subsequence of improved DDPM's respacing:
+  starts at T, ends at 1), ``uniform`` on a continuous one; the default of samplers such as DDPM
+  that should read a discrete schedule only at its training timesteps.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from diffusion_lab.schedules.base import Schedule
 
-GRIDS = ("uniform", "lambda", "quadratic", "karras", "linspace", "leading", "trailing")
+GRIDS = ("uniform", "lambda", "quadratic", "karras", "linspace", "leading", "trailing", "auto")
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "uniform", rho: float = 7.0, denoise_last: bool = True) -> Tensor:
@@ -36,6 +41,8 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "uniform", rho: flo
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     n = steps if denoise_last else steps + 1  # number of points in [t_min, t_max]
+    if spacing == "auto":
+        spacing = "linspace" if schedule.num_timesteps is not None else "uniform"
     t_max, t_min = float(schedule.t_max), float(schedule.t_min)
     f64 = torch.float64
     if n == 1:
@@ -76,8 +83,10 @@ def _discrete(schedule: Schedule, n: int, spacing: str) -> Tensor:
             f"grid spacing {spacing!r} needs a discrete-time schedule (with num_timesteps); {schedule!r} is "
             "continuous: use uniform, lambda, quadratic or karras."
         )
+    # the largest usable step: T, or below it where the schedule clips t_max (zero terminal SNR: T − 1)
+    T = min(T, int(math.floor(schedule.t_max * T + 1e-9)))
     if n > T:
-        raise ValueError(f"{n} sampling steps exceed the schedule's T={T} discrete timesteps.")
+        raise ValueError(f"{n} sampling steps exceed the schedule's {T} usable discrete timesteps.")
     if spacing == "linspace":
         idx = torch.linspace(1, T, n, dtype=torch.float64).round()
     elif spacing == "leading":

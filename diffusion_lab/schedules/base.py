@@ -157,5 +157,7 @@ def _time_derivative(fn, t: Tensor) -> Tensor:
     with torch.enable_grad():
         tt = t.detach().clone().requires_grad_(True)
         y = fn(tt)
+        if not y.requires_grad:  # fn does not depend on t (e.g. α = 1): the derivative is 0
+            return torch.zeros_like(t)
         (grad,) = torch.autograd.grad(y.sum(), tt)
     return grad

@@ -1,0 +1,34 @@
+"""Reading checkpoints safely. diffusion_lab checkpoints hold plain containers and tensors only (the
+config is saved resolved, as dicts and lists), so they load with ``torch.load(weights_only=True)``;
+a truncated, corrupt or foreign file gives one sentence instead of a pickle traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """The file is missing, unreadable, or not a diffusion_lab checkpoint."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a diffusion_lab checkpoint (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file (ckpt_path=...).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickled foreign objects, ...
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); it is truncated, "
+            "corrupt or not a diffusion_lab checkpoint — use an intact .ckpt (e.g. the previous step_*.ckpt)."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(
+            f"checkpoint {path} is not a diffusion_lab checkpoint (no state_dict or saved config); "
+            "give a checkpoint written by python -m diffusion_lab.train."
+        )
+    return ckpt

@@ -1,0 +1,37 @@
+"""Training objectives and time sampling (plain PyTorch; no Lightning or Hydra).
+
+Every loss implements ``Loss`` (``base``): ``loss(net, x0, schedule, parameterization, *, generator,
+net_kwargs) -> LossOutput``, ``validate(schedule, parameterization)``, ``state_dict``. Configs live in
+``conf/loss/``.
+
+* ``DenoisingScoreMatching`` (``dsm``): any parameterization, weightings simple / likelihood / snr /
+  min_snr / edm / per-space MSE, written once in x_0 space (``weighting``).
+* ``RectifiedFlowLoss``: the velocity MSE on the linear path (DSM with weighting "velocity").
+* ``VariationalBoundLoss``, ``HybridLoss``, ``variational_bound`` (``vlb``): improved DDPM.
+* ``ScoreMatching``, ``SlicedScoreMatching`` (``score_matching``): Hyvärinen 2005, Song et al. 2019.
+* Time samplers (``time_sampling``): ``UniformTime``, ``LogNormalTime``, ``ImportanceTime``, ``FixedTime``.
+"""
+
+from diffusion_lab.losses.base import Loss, LossOutput
+from diffusion_lab.losses.dsm import DenoisingScoreMatching, RectifiedFlowLoss
+from diffusion_lab.losses.score_matching import ScoreMatching, SlicedScoreMatching
+from diffusion_lab.losses.time_sampling import (
+    TIME_SAMPLERS,
+    FixedTime,
+    ImportanceTime,
+    LogNormalTime,
+    TimeSampler,
+    UniformTime,
+    make_time_sampler,
+)
+from diffusion_lab.losses.vlb import HybridLoss, VariationalBound, VariationalBoundLoss, variational_bound
+from diffusion_lab.losses.weighting import WEIGHTINGS, space_factor2, target_multiplier, x0_weight
+
+__all__ = [
+    "Loss", "LossOutput",
+    "DenoisingScoreMatching", "RectifiedFlowLoss",
+    "VariationalBoundLoss", "HybridLoss", "VariationalBound", "variational_bound",
+    "ScoreMatching", "SlicedScoreMatching",
+    "TimeSampler", "UniformTime", "LogNormalTime", "ImportanceTime", "FixedTime", "TIME_SAMPLERS", "make_time_sampler",
+    "WEIGHTINGS", "x0_weight", "space_factor2", "target_multiplier",
+]

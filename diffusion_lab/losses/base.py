@@ -1,0 +1,136 @@
+"""The loss interface every training objective implements, and the steps they share.
+
+    loss(net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput
+
+draws t with the loss's time sampler (``time_sampling``), ε ~ N(0, I), forms
+x_t = α(t) x_0 + σ(t) ε (data at t=0, see ``schedules.base``), runs the network as
+``net(*parameterization.net_inputs(x_t, t, schedule), **net_kwargs)`` and scores its output.
+``LossOutput.loss`` is the mean over the batch of (importance weight) × (per-sample loss).
+
+``learned_variance``: the network outputs 2C channels along dim 1, the prediction then the
+variance interpolation v ∈ [−1, 1] (Nichol & Dhariwal 2021, Eq. 15; same split as
+``samplers.denoiser.Denoiser``).
+
+``validate(schedule, parameterization)`` raises ValueError with one sentence naming the offending
+config keys; it runs once automatically on the first call. ``state_dict`` holds plain tensors and
+lists only (the importance sampler's history), for checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from diffusion_lab.losses.time_sampling import TimeSampler, make_time_sampler
+from diffusion_lab.parameterization import Parameterization
+from diffusion_lab.schedules.base import Schedule
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar, differentiable; per_sample: (B,) unweighted by importance; t: (B,) drawn times."""
+
+    loss: Tensor
+    per_sample: Tensor
+    t: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def schedule_name(schedule: Schedule) -> str:
+    return type(schedule).__name__
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over every dimension but the batch one."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def gaussian_noise(x0: Tensor, generator: torch.Generator | None) -> Tensor:
+    """ε ~ N(0, I) shaped like x0, drawn on the generator's device."""
+    dev = generator.device if generator is not None else x0.device
+    return torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+
+
+def split_output(out: Tensor, x0: Tensor, learned_variance: bool, loss_name: str) -> tuple[Tensor, Tensor | None]:
+    """(prediction, raw variance output or None), checking the network's output shape."""
+    if learned_variance:
+        expect = (x0.shape[0], 2 * x0.shape[1], *x0.shape[2:])
+        if tuple(out.shape) != expect:
+            raise ValueError(
+                f"loss={loss_name} learns variances, so the network must output {expect} (prediction then variance "
+                f"channels along dim 1), got {tuple(out.shape)}; set model out_channels to twice the data channels."
+            )
+        pred, raw = out.chunk(2, dim=1)
+        return pred, raw
+    if out.shape != x0.shape:
+        hint = " (a learned-variance model needs loss=hybrid or loss=vlb with variance=learned)" if out.dim() == x0.dim() and out.shape[1] == 2 * x0.shape[1] else ""
+        raise ValueError(f"loss={loss_name}: network output shape {tuple(out.shape)} differs from the data shape {tuple(x0.shape)}{hint}.")
+    return out, None
+
+
+class Loss:
+    """Base class of all training objectives (see the module docstring)."""
+
+    #: config name used in error messages
+    name: str = "loss"
+    #: the network must output 2C channels (prediction, then variance interpolation in [-1, 1])
+    learned_variance: bool = False
+
+    def __init__(self, time_sampler: TimeSampler | str | None = None, default_time_sampler: str = "uniform"):
+        self.time_sampler = make_time_sampler(time_sampler, default_time_sampler)
+        self._validated: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ interface
+    def __call__(
+        self,
+        net,
+        x0: Tensor,
+        schedule: Schedule,
+        parameterization: Parameterization,
+        *,
+        generator: torch.Generator | None = None,
+        net_kwargs: dict | None = None,
+    ) -> LossOutput:
+        raise NotImplementedError
+
+    def validate(self, schedule: Schedule, parameterization: Parameterization) -> None:
+        """Raise ValueError (one sentence naming the config keys) for incompatible choices."""
+        self.time_sampler.validate(schedule, f"loss={self.name}")
+
+    def state_dict(self) -> dict:
+        return {"time_sampler": self.time_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.time_sampler.load_state_dict(state.get("time_sampler", {}))
+
+    # ------------------------------------------------------------------ shared steps
+    def _check(self, schedule: Schedule, parameterization: Parameterization) -> None:
+        key = (id(schedule), id(parameterization))
+        if self._validated != key:
+            self.validate(schedule, parameterization)
+            self._validated = key
+
+    def _draw(self, x0: Tensor, schedule: Schedule, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(t, importance weight, ε, x_t)."""
+        dtype = x0.dtype if x0.is_floating_point() else torch.float32
+        t, w = self.time_sampler.sample(x0.shape[0], schedule, device=x0.device, dtype=dtype, generator=generator)
+        eps = gaussian_noise(x0, generator)
+        x_t = schedule.add_noise(x0, eps, t)
+        return t, w, eps, x_t
+
+    @staticmethod
+    def _run(net, x_t: Tensor, t: Tensor, schedule: Schedule, parameterization: Parameterization, net_kwargs: dict | None) -> Tensor:
+        x_in, label = parameterization.net_inputs(x_t, t, schedule)
+        return net(x_in, label, **(net_kwargs or {}))
+
+    def _finish(self, per_sample: Tensor, weight: Tensor, t: Tensor, logs: dict[str, float], feed: Tensor | None = None) -> LossOutput:
+        """Weighted batch mean; feeds the (unweighted) per-sample values to the time sampler."""
+        self.time_sampler.update(t, (per_sample if feed is None else feed).detach())
+        loss = (weight.to(per_sample.dtype) * per_sample).mean()
+        logs = {"loss": float(loss.detach()), **logs}
+        return LossOutput(loss=loss, per_sample=per_sample, t=t, logs=logs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(time_sampler={self.time_sampler!r})"

@@ -1,0 +1,9 @@
+"""Networks: the diffusion UNet (DDPM / improved DDPM / ADM / DDPM++ options), an MLP for
+low-dimensional data, a noise-conditional classifier (classifier guidance) and a small clean-image
+classifier used as FID feature network on MNIST-like data."""
+
+from diffusion_lab.nets.classifier import FeatureClassifier, NoiseConditionalClassifier
+from diffusion_lab.nets.mlp import MLP
+from diffusion_lab.nets.unet import UNet, count_parameters
+
+__all__ = ["FeatureClassifier", "MLP", "NoiseConditionalClassifier", "UNet", "count_parameters"]
