@@ -84,15 +84,15 @@ def _discrete(schedule: Schedule, n: int, spacing: str) -> Tensor:
             "continuous: use uniform, lambda, quadratic or karras."
         )
     # the largest usable step: T, or below it where the schedule clips t_max (zero terminal SNR: T − 1)
-    T = min(T, int(math.floor(schedule.t_max * T + 1e-9)))
-    if n > T:
-        raise ValueError(f"{n} sampling steps exceed the schedule's {T} usable discrete timesteps.")
+    top = min(T, int(math.floor(schedule.t_max * T + 1e-9)))
+    if n > top:
+        raise ValueError(f"{n} sampling steps exceed the schedule's {top} usable discrete timesteps.")
     if spacing == "linspace":
-        idx = torch.linspace(1, T, n, dtype=torch.float64).round()
+        idx = torch.linspace(1, top, n, dtype=torch.float64).round()
     elif spacing == "leading":
-        idx = 1 + torch.arange(n, dtype=torch.float64) * (T // n)
+        idx = 1 + torch.arange(n, dtype=torch.float64) * (top // n)
     else:  # trailing
-        idx = (T - torch.arange(n, dtype=torch.float64) * (T / n)).round()
+        idx = (top - torch.arange(n, dtype=torch.float64) * (top / n)).round()
     idx = idx.sort(descending=True).values
     return idx / T
 
