@@ -19,12 +19,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.checkpoints import CheckpointError, load_checkpoint
-from diffusion_lab.config_checks import ConfigError, check_components
+from diffusion_lab.config_checks import ConfigError, check_components, check_config
 from diffusion_lab.lightning.module import DiffusionModule
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _choices() -> dict[str, str]:
+    """The chosen file of each config group (for error messages), when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()}
+    except ValueError:
+        return {}
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -72,6 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; returns the module, trainer and the final logged metrics."""
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
+    check_config(cfg, _choices())  # before anything resolves or is built
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -26,7 +26,7 @@ from diffusion_lab.losses import (
     VariationalBoundLoss,
     variational_bound,
 )
-from diffusion_lab.losses.vlb import discretized_gaussian_log_likelihood
+from diffusion_lab.losses.vlb import discretized_gaussian_log_likelihood, posterior_coefficients
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import PARAMETERIZATIONS, Coefficients, Parameterization, from_x0_eps
 from diffusion_lab.schedules import (
@@ -233,13 +233,30 @@ def test_sliced_score_matching_equals_score_matching_in_expectation(distribution
         assert float(d.std()) < float(sm.std())  # the projection noise is small next to the data noise
 
 
+def test_score_matching_runs_in_evaluation_modes():
+    """Validation runs under no_grad / inference_mode; ∇_x ŝ must still be computed (and equal)."""
+    schedule, param = VPLinearSchedule(), Parameterization("eps")
+    net = MLP().double()
+    x0 = gaussian().sample(64, gen(0))
+    for loss in (ScoreMatching(), SlicedScoreMatching()):
+        ref = loss(net, x0, schedule, param, generator=gen(1)).per_sample.detach()
+        with torch.no_grad():
+            got = loss(net, x0, schedule, param, generator=gen(1))
+        torch.testing.assert_close(got.per_sample, ref)
+        with torch.inference_mode():
+            got = loss(net, x0.clone(), schedule, param, generator=gen(1))
+        torch.testing.assert_close(got.per_sample, ref)
+        assert not got.loss.requires_grad
+
+
 # ------------------------------------------------------------------------------ variational bound
 BETAS = [0.1, 0.2, 0.4, 0.6]
 
 
-def closed_form_bound_bits(betas, variance: str, bias: float = 0.0) -> float:
-    """E over data N(μ, Σ) of the full bound for the exact x̂0 (plus a constant ``bias`` on x̂0), with
-    a Gaussian decoder, from the DDPM formulas written out directly."""
+def closed_form_bound_bits(betas, variance: str, bias: float = 0.0) -> tuple[list[float], float]:
+    """Per-term expectations over data N(μ, Σ) of the bound (bits/dim) for the exact x̂0 (plus a constant
+    ``bias`` on x̂0), with a Gaussian decoder, from the DDPM formulas written out directly:
+    ([L_0, L_1, ..., L_{T-1}], L_T)."""
     b = torch.tensor(betas, dtype=torch.float64)
     T, D = len(betas), 2
     ab = torch.cumprod(1 - b, 0)
@@ -249,19 +266,37 @@ def closed_form_bound_bits(betas, variance: str, bias: float = 0.0) -> float:
     bt_clip[0] = bt[1]
     sig2 = bt_clip if variance == "small" else b
     coef_x0 = ab_prev.sqrt() * b / (1 - ab)
-    total = 0.0
+    nats = []
     for i in range(T):
         a2 = ab[i]
         C = a2 * SIGMA + (1 - a2) * torch.eye(D, dtype=torch.float64)
         err = float(torch.trace(SIGMA - a2 * SIGMA @ torch.linalg.solve(C, SIGMA))) + D * bias**2  # E‖x̂0 − x0‖²
         if i == 0:  # decoder −log N(x0; x̂0, Σ_1)
-            total += 0.5 * (D * math.log(2 * math.pi * sig2[0]) + err / sig2[0])
+            nats.append(0.5 * (D * math.log(2 * math.pi * sig2[0]) + err / sig2[0]))
         else:
-            total += 0.5 * (D * (math.log(sig2[i] / bt[i]) + bt[i] / sig2[i] - 1) + coef_x0[i] ** 2 * err / sig2[i])
-    s2_T, s2_prior = 1 - ab[-1], 1 - ab[-1]  # the schedule's prior is N(0, σ(1)²)
+            nats.append(0.5 * (D * (math.log(sig2[i] / bt[i]) + bt[i] / sig2[i] - 1) + coef_x0[i] ** 2 * err / sig2[i]))
+    s2_T = 1 - ab[-1]  # the schedule's prior is N(0, σ(1)²): only the mean term survives
     ex2 = float((MU**2).sum() + torch.trace(SIGMA))
-    total += 0.5 * (D * (math.log(s2_prior / s2_T) + s2_T / s2_prior - 1) + ab[-1] * ex2 / s2_prior)
-    return float(total) / (D * math.log(2))
+    prior = 0.5 * ab[-1] * ex2 / s2_T
+    to_bits = 1.0 / (D * math.log(2))
+    return [float(x) * to_bits for x in nats], float(prior) * to_bits
+
+
+def test_posterior_coefficients_match_ddpm_formulas():
+    """μ̃ = √ᾱ_{i−1}β_i/(1−ᾱ_i) x0 + √(1−β_i)(1−ᾱ_{i−1})/(1−ᾱ_i) x_i, β̃ = β_i(1−ᾱ_{i−1})/(1−ᾱ_i) (Ho et al. Eq. 7)."""
+    for schedule in (DiscreteSchedule(BETAS), DDPMLinearSchedule(1000)):
+        T = schedule.num_timesteps
+        b, ab = schedule.betas, schedule.alphas_cumprod
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        t = torch.arange(1, T + 1, dtype=torch.float32) / T  # float32 t, as in training
+        pc = posterior_coefficients(schedule, t)
+        torch.testing.assert_close(pc.coef_x0, ab_prev.sqrt() * b / (1 - ab), rtol=1e-9, atol=0)
+        torch.testing.assert_close(pc.coef_xt, (1 - b).sqrt() * (1 - ab_prev) / (1 - ab), rtol=1e-9, atol=0)
+        torch.testing.assert_close(pc.log_beta, b.log(), rtol=1e-9, atol=0)
+        bt = b * (1 - ab_prev) / (1 - ab)
+        torch.testing.assert_close(pc.log_beta_tilde[1:], bt[1:].log(), rtol=1e-9, atol=0)
+        assert float(pc.log_beta_tilde[0]) == float(pc.log_beta_tilde[1])  # β̃_1 = 0 clipped to β̃_2
+        assert bool(pc.is_first[0]) and not bool(pc.is_first[1:].any())
 
 
 class Shifted(torch.nn.Module):
@@ -280,14 +315,16 @@ def test_variational_bound_matches_closed_form_kl_sums(variance):
     schedule = DiscreteSchedule(BETAS)
     param = Parameterization("x0")
     oracle = gaussian().network(schedule, param)
-    N = 20000
+    N = 50000
     x0 = gaussian().sample(N, gen(0))
     for bias in (0.0, 0.3):
         net = Shifted(oracle, bias)
         bound = variational_bound(net, x0, schedule, param, variance=variance, decoder="gaussian", generator=gen(1))
-        se = float(bound.total.std()) / math.sqrt(N)
-        expect = closed_form_bound_bits(BETAS, variance, bias)
-        assert abs(float(bound.total.mean()) - expect) < 5 * se, (bias, float(bound.total.mean()), expect, se)
+        terms, prior = closed_form_bound_bits(BETAS, variance, bias)
+        torch.testing.assert_close(bound.total, bound.prior + bound.terms.sum(1))
+        for got, expect in zip([*bound.terms.T, bound.prior], [*terms, prior]):
+            se = float(got.std()) / math.sqrt(N)
+            assert abs(float(got.mean()) - expect) < 5 * se + 1e-12, (bias, float(got.mean()), expect, se)
     # the exact posterior mean beats a perturbed one, sample by sample on common noise
     exact = variational_bound(oracle, x0, schedule, param, variance=variance, decoder="gaussian", generator=gen(2)).total
     worse = variational_bound(Shifted(oracle, 0.1), x0, schedule, param, variance=variance, decoder="gaussian", generator=gen(2)).total
@@ -303,7 +340,8 @@ def test_vlb_training_estimator_is_unbiased_for_the_bound():
     out = loss(gaussian().network(schedule, param), x0, schedule, param, generator=gen(4))
     est = out.per_sample.mean() + out.logs["vlb_prior_bpd"]
     se = float(out.per_sample.std()) / math.sqrt(N)
-    assert abs(float(est) - closed_form_bound_bits(BETAS, "small")) < 5 * se
+    terms, prior = closed_form_bound_bits(BETAS, "small")
+    assert abs(float(est) - (sum(terms) + prior)) < 5 * se
 
 
 def test_learned_variance_interpolates_between_small_and_large():
@@ -362,6 +400,22 @@ def test_discretized_decoder_is_a_distribution_over_256_levels():
     assert torch.isfinite(far) and far < -1000
 
 
+def test_losses_on_image_batches():
+    """(B, C, H, W) data: learned variances on 2C channels, the discretized decoder, the full bound."""
+    schedule, param = DDPMLinearSchedule(50), Parameterization("eps")
+    x0 = (torch.randint(0, 256, (3, 2, 4, 4), generator=gen(0)).float() / 127.5 - 1.0)
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+    net = lambda x, lab: conv(x)  # noqa: E731
+    for loss in (HybridLoss(), VariationalBoundLoss(), DenoisingScoreMatching("min_snr"), SlicedScoreMatching()):
+        model = net if loss.learned_variance else (lambda x, lab: conv(x)[:, :2])
+        out = loss(model, x0, schedule, param, generator=gen(1))
+        out.loss.backward()
+        assert out.per_sample.shape == (3,) and torch.isfinite(out.loss) and conv.weight.grad.abs().sum() > 0
+        conv.zero_grad()
+    bound = variational_bound(net, x0, schedule, param, variance="learned", generator=gen(2))
+    assert bound.terms.shape == (3, 50) and torch.isfinite(bound.total).all() and (bound.terms >= 0).all()
+
+
 # ------------------------------------------------------------------------------ time sampling
 def test_importance_sampling_follows_the_second_moment_and_is_unbiased():
     schedule = DiscreteSchedule([0.05] * 8)
@@ -396,6 +450,24 @@ def test_importance_sampling_follows_the_second_moment_and_is_unbiased():
     clone = ImportanceTime()
     clone.load_state_dict(sampler.state_dict())
     torch.testing.assert_close(clone.probabilities(), sampler.probabilities())
+
+
+def test_loss_feeds_importance_history_in_training_only():
+    schedule, param = DDPMLinearSchedule(50), Parameterization("eps")
+    loss = VariationalBoundLoss(variance="small", decoder="gaussian")  # importance-sampled by default
+    net = MLP().double()
+    x0 = gaussian().sample(32, gen(0))
+    with torch.no_grad():
+        loss(net, x0, schedule, param, generator=gen(1))
+    assert int(loss.time_sampler.counts().sum()) == 0
+    out = loss(net, x0, schedule, param, generator=gen(1))
+    assert int(loss.time_sampler.counts().sum()) == 32
+    i = torch.round(out.t * 50).long() - 1
+    assert torch.isin(out.per_sample.detach(), loss.time_sampler.history_values()[i]).all()
+    state = loss.state_dict()
+    other = VariationalBoundLoss(variance="small", decoder="gaussian")
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.time_sampler.history_values(), loss.time_sampler.history_values())
 
 
 def test_importance_sampling_on_continuous_bins():

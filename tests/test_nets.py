@@ -183,6 +183,7 @@ def test_null_label_is_the_unconditional_model(kind):
     torch.testing.assert_close(none, neg)
     assert not torch.allclose(y3, y5, atol=1e-4)
     assert not torch.allclose(y3, null, atol=1e-4)
+    assert not torch.allclose(model(x, t * 0.5, torch.full((4,), 3)), y3, atol=1e-4)  # the noise label matters
     assert model.null_label == 10
 
 

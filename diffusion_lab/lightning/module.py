@@ -100,7 +100,9 @@ class DiffusionModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x0, net_kwargs = self._images(batch)
-        out = self.loss(self.net, x0, self.schedule, self.parameterization, net_kwargs=net_kwargs)
+        # fixed noise per batch: comparable across epochs, and no draw from the training generators
+        g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        out = self.loss(self.net, x0, self.schedule, self.parameterization, generator=g, net_kwargs=net_kwargs)
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -129,6 +131,12 @@ class DiffusionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never overwrite a good checkpoint with a diverged model
+            raise FloatingPointError(
+                f"parameter {bad[0]} is not finite at step {self.global_step}; training stopped and the last good "
+                "checkpoint is kept — lower optimizer.lr or set trainer.gradient_clip_val."
+            )
         if hasattr(self.loss, "state_dict"):
             checkpoint["loss_state"] = self.loss.state_dict()
         # RNG states (training noise, and the global generators used by dropout) for an exact resume

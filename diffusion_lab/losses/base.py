@@ -13,7 +13,9 @@ variance interpolation v ∈ [−1, 1] (Nichol & Dhariwal 2021, Eq. 15; same spl
 
 ``validate(schedule, parameterization)`` raises ValueError with one sentence naming the offending
 config keys; it runs once automatically on the first call. ``state_dict`` holds plain tensors and
-lists only (the importance sampler's history), for checkpoints.
+lists only (the importance sampler's history), for checkpoints. The history is updated only by
+calls made with gradients enabled (training steps), and per process: under DDP each rank keeps its
+own (the weights stay unbiased on every rank).
 """
 
 from __future__ import annotations
@@ -125,11 +127,12 @@ class Loss:
         x_in, label = parameterization.net_inputs(x_t, t, schedule)
         return net(x_in, label, **(net_kwargs or {}))
 
-    def _finish(self, per_sample: Tensor, weight: Tensor, t: Tensor, logs: dict[str, float], feed: Tensor | None = None) -> LossOutput:
-        """Weighted batch mean; feeds the (unweighted) per-sample values to the time sampler."""
-        self.time_sampler.update(t, (per_sample if feed is None else feed).detach())
+    def _finish(self, per_sample: Tensor, weight: Tensor, t: Tensor, logs: dict[str, float]) -> LossOutput:
+        """Weighted batch mean. Feeds the (unweighted) per-sample values to the time sampler, only
+        when gradients are enabled (training steps): validation under no_grad leaves its history alone."""
+        if torch.is_grad_enabled():
+            self.time_sampler.update(t, per_sample.detach())
         loss = (weight.to(per_sample.dtype) * per_sample).mean()
-        logs = {"loss": float(loss.detach()), **logs}
         return LossOutput(loss=loss, per_sample=per_sample, t=t, logs=logs)
 
     def __repr__(self) -> str:

@@ -86,7 +86,8 @@ class DenoisingScoreMatching(Loss):
                    parameterization: Parameterization) -> Tensor:
         """Per-sample m(t) · mean_dims (F − y)², shape (B,)."""
         target = parameterization.target(x0, eps, t, schedule)
-        mse = mean_flat((pred - target.to(pred.dtype)) ** 2)
+        dtype = torch.promote_types(pred.dtype, target.dtype)  # a bf16/fp16 output is scored in the data's precision
+        mse = mean_flat((pred.to(dtype) - target.to(dtype)) ** 2)
         return self.multiplier(schedule, parameterization, t).to(mse.dtype) * mse
 
     def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:

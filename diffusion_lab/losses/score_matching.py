@@ -91,7 +91,8 @@ class ScoreMatching(_ScoreObjective):
                 f"loss.max_dim={self.max_dim}; use loss=sliced_score_matching (or raise loss.max_dim)."
             )
         create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # ∇_x is needed even in evaluation
+            x0 = x0.clone() if x0.is_inference() else x0
             t, w, x, s = self._score(net, x0, schedule, parameterization, generator, net_kwargs)
             trace = torch.zeros_like(s[:, 0])
             for j in range(D):
@@ -130,7 +131,8 @@ class SlicedScoreMatching(_ScoreObjective):
     def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:
         self._check(schedule, parameterization)
         create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # ∇_x is needed even in evaluation
+            x0 = x0.clone() if x0.is_inference() else x0
             t, w, x, s = self._score(net, x0, schedule, parameterization, generator, net_kwargs)
             B, D = s.shape
             v = self._directions((self.projections, B, D), s, generator)

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffusion_lab.losses.base import Loss, LossOutput, mean_flat, schedule_name, split_output
+from diffusion_lab.losses.base import Loss, LossOutput, gaussian_noise, mean_flat, schedule_name, split_output
 from diffusion_lab.losses.dsm import DenoisingScoreMatching
 from diffusion_lab.losses.time_sampling import TimeSampler, grid_index, is_discrete
 from diffusion_lab.parameterization import Parameterization
@@ -340,8 +340,6 @@ def variational_bound(
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
     _check_decoder_data(x0, decoder, "vlb")
-    from diffusion_lab.losses.base import gaussian_noise
-
     T = schedule.num_timesteps
     B = x0.shape[0]
     terms = torch.zeros(B, T, dtype=torch.float64, device=x0.device)

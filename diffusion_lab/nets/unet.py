@@ -54,8 +54,11 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 def group_norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
-    """GroupNorm with ``groups`` groups, or the largest divisor of ``channels`` below it."""
-    g = min(groups, channels)
+    """GroupNorm with min(groups, channels/4) groups (score_sde's rule), lowered to a divisor of
+    ``channels``. At least 4 channels per group matters: with one channel per group the
+    normalization removes any per-channel offset, i.e. the additive time/label embedding of the
+    plain ResBlock. Every paper config here has ≥ 128 channels, hence 32 groups."""
+    g = max(1, min(groups, channels // 4))
     while channels % g:
         g -= 1
     return nn.GroupNorm(g, channels, eps=eps)
@@ -297,7 +300,7 @@ class UNet(nn.Module):
         num_classes: class-conditional with a label embedding of ``num_classes + 1`` rows; the last
             row (index ``num_classes``, also used for ``class_labels=None`` and negative labels)
             is the null label of classifier-free guidance.
-        norm_groups, norm_eps: GroupNorm (32 groups, or the largest divisor below).
+        norm_groups, norm_eps: GroupNorm (32 groups; fewer for narrow layers, see ``group_norm``).
     """
 
     def __init__(
