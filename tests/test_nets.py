@@ -48,6 +48,15 @@ def randomize_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> tor
     return module
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks run faster on one thread (OpenMP barriers crawl on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_unet(**kw) -> UNet:
     args = dict(in_channels=1, out_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1,
                 attn_resolutions=[4], num_heads=2, dropout=0.0)

@@ -108,6 +108,7 @@ def test_incompatible_choices_stop_before_training(tmp_path, overrides, sentence
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_checkpoint(tmp_path):
-    res = _cli(tmp_path, "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
+    res = _cli(tmp_path, *SMALL_UNET, "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2  # 4 batches of 64 = 8 per rank of 32...
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4  # limit_train_batches=4 per epoch, 32 images per rank per batch

@@ -50,7 +50,7 @@ def _schedules():
         if edm.t_min > 0:
             out.append(("edm", edm))
         else:  # σ(0) = σ_min: build the same schedule from t = 1e-3 instead
-            out.append(("edm", EDMSchedule(t_min=1e-3)))
+            out.append(("edm", EDMSchedule()))
     except ImportError:
         pass
     return out

@@ -228,9 +228,16 @@ def test_edm_uniform_t_grid_is_karras_rho_spacing():
     i = torch.arange(N, dtype=F64)
     # Karras et al. 2022, Eq. 5: σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, decreasing
     karras = (80.0 ** (1 / 7) + i / (N - 1) * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
-    torch.testing.assert_close(s.sigma(1 - i / (N - 1)), karras, rtol=1e-13, atol=0)
-    torch.testing.assert_close(s.sigma(torch.tensor([0.0, 1.0], dtype=F64)), torch.tensor([0.002, 80.0], dtype=F64), rtol=1e-13, atol=0)
-    assert s.t_min == 0.0 and s.t_max == 1.0
+    t = 1 - i / (N - 1) * (1 - s.t_min)  # uniform in t on [t_min, 1]
+    torch.testing.assert_close(s.sigma(t), karras, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.sigma(torch.tensor([s.t_min, 1.0], dtype=F64)), torch.tensor([0.002, 80.0], dtype=F64), rtol=1e-13, atol=0)
+    assert s.t_min == pytest.approx((0.002 / 80) ** (1 / 7)) and s.t_max == 1.0
+    assert float(s.sigma(torch.tensor(0.0, dtype=F64))) == 0.0  # t = 0 is the clean data, as the grids' terminal 0
+    from diffusion_lab.samplers.grids import time_grid
+
+    g = time_grid(s, N, "uniform")  # N steps: N points in [t_min, 1], then the terminal 0
+    torch.testing.assert_close(s.sigma(g[:-1]), karras, rtol=1e-12, atol=0)
+    assert g[-1] == 0
 
 
 def test_ddpm_discrete_matches_products():

@@ -9,8 +9,9 @@ ResNet; kept by Nichol & Dhariwal 2021, Dhariwal & Nichol 2021, Song et al. 2021
       ─ encoder: per level ℓ with width ch·mult[ℓ]: num_res_blocks × [ResBlock(e) (+ attention at
                  the listed resolutions)], then a down-sampling (not after the last level)
       ─ middle:  ResBlock, attention, ResBlock
-      ─ decoder: per level in reverse: (num_res_blocks + 1) × [concat(skip) → ResBlock (+ attention)],
-                 then an up-sampling (not after level 0)
+      ─ decoder: per level in reverse: (num_res_blocks + 1) × [concat(skip) → ResBlock (+ attention:
+                 after every block, or with attn_decoder="last" only after the level's last block,
+                 as score_sde's NCSN++/DDPM++ and EDM's SongUNet do)], then an up-sampling (not after level 0)
       ─ GroupNorm ─ SiLU ─ conv3x3(·, out) → out channels (2·out with learned variance)
 
 Every encoder output (the input conv, each block, each down-sampling) is a skip connection consumed
@@ -28,15 +29,20 @@ Down/up-sampling: a stride-2 conv3x3 / nearest ×2 then conv3x3 (DDPM), or with
 ``resblock_updown`` a BigGAN-style ResBlock that average-pools / nearest-upsamples both paths
 after its first normalization (Brock et al. 2019; used by ADM and DDPM++).
 
-Attention: GroupNorm, a 1×1 conv to q, k, v, multi-head ``scaled_dot_product_attention`` over the
-H·W positions, a zero-initialized 1×1 output projection, residual (÷√2 with ``skip_rescale``).
+Attention: GroupNorm, a per-position linear map (= 1×1 conv) to q, k, v, multi-head
+``scaled_dot_product_attention`` over the H·W positions, a zero-initialized per-position output
+projection, residual (÷√2 with ``skip_rescale``). Computed on (B, HW, C) tokens so that q, k, v
+need no copies (and the token view is free for channels_last activations).
+
+GroupNorm: 32 groups, fewer (at least 4 channels per group) for narrow layers; see ``group_norm``.
 Heads: ``num_heads`` or, when set, ``num_head_channels`` per head (ADM: 64).
 
 Configurations (conf/model/): DDPM CIFAR-10 35,746,307 parameters exactly; improved DDPM, DDPM++,
 EDM's DDPM++ and ADM ImageNet-64 within 1% of the papers (differences stated in each config file).
 
 The network works with channels_last inputs and under autocast (bf16/fp16); it knows nothing of
-Lightning. ``forward(x, noise_label, class_labels=None)``.
+Lightning. ``forward(x, noise_label, class_labels=None)``; with ``learned_variance`` the output is
+the prediction (C channels) then the variance interpolation (C channels), as ``Denoiser`` reads it.
 """
 
 from __future__ import annotations
@@ -152,17 +158,19 @@ class AttentionBlock(nn.Module):
         self.num_heads = num_heads
         self.skip_rescale = skip_rescale
         self.norm = group_norm(channels, norm_groups, norm_eps)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)  # = a 1x1 conv, applied to (B, HW, C) tokens
+        self.proj = _zero(nn.Linear(channels, channels))
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         b, c, hgt, wid = x.shape
         n, d = self.num_heads, c // self.num_heads
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, n, d, hgt * wid).transpose(-1, -2)
-        q, k, v = qkv.unbind(1)  # (B, heads, HW, d)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(b, c, hgt, wid)
-        out = x + self.proj(h)
+        # token-major layout, so that q, k, v come out with a unit last stride and
+        # scaled_dot_product_attention needs no copies (free view for channels_last inputs)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(tokens).view(b, hgt * wid, 3, n, d).permute(2, 0, 3, 1, 4).unbind(0)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        h = self.proj(h.transpose(1, 2).reshape(b, hgt * wid, c))
+        out = x + h.transpose(1, 2).reshape(b, c, hgt, wid)
         return out * _INV_SQRT2 if self.skip_rescale else out
 
 

@@ -16,7 +16,9 @@ every schedule (x̃ grows like σ̃ ≈ 150 at t_max on VP).
 Options: ``rtol``, ``atol`` (default 1e-5 each, as score SDE), ``method`` (any torchdiffeq
 method, default "dopri5"). The error norm is torchdiffeq's RMS over the whole batch, so the batch
 shares its step sizes. Only the grid's first point and its last positive point are used
-(``steps`` is ignored); a terminal 0 in the grid adds one denoising step x ← x̂_0(x, t_min). The
+(so any ``steps`` ≥ 2 gives the same result: t_max → t_min; with steps = 1 and the terminal step the
+grid is [t_max, 0] and only the denoising step remains); a terminal 0 in the grid adds one
+denoising step x ← x̂_0(x, t_min). The
 NFE is whatever the denoiser counted (the ``Sampler`` runner reports it): torchdiffeq's initial
 step selection costs 2 calls, then 6 per accepted or rejected step (FSAL).
 """

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.base import progress_steps, register
+from diffusion_lab.samplers.exponential import is_terminal
 
 VARIANCES = ("small", "large", "learned")
 
@@ -83,7 +84,7 @@ def sample_ddpm(denoiser, x: Tensor, grid: Tensor, *, variance: str = "small", c
     for _, t, s in progress_steps(grid, progress, "ddpm"):
         pred = denoiser(x, t)
         x0 = pred.x0.clamp(-1.0, 1.0) if clip_x0 else pred.x0
-        if s == 0:
+        if is_terminal(s, sch):
             return x0
         x = posterior_step(sch, x, x0, t, s, variance, pred.var_interp, generator)
     return x

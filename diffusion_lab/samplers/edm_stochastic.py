@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.base import progress_steps, register
+from diffusion_lab.samplers.exponential import is_terminal
 
 
 @register("edm_stochastic", stochastic=True, order=2, nfe_per_step=2, default_grid="karras",
@@ -56,7 +57,7 @@ def sample_edm_stochastic(denoiser, x: Tensor, grid: Tensor, *, S_churn: float =
         else:
             sig_hat, t_hat = sig, t
         x0 = x0_at(xt, t_hat)
-        if s == 0:
+        if is_terminal(s, sch):
             return x0  # Euler to σ̃ = 0: x̂ + (0 − σ̂)(x̂ − x̂_0)/σ̂ = x̂_0
         sig_next = sch.sigma_tilde(s)
         d = (xt - x0) / sig_hat

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.base import progress_steps, register
+from diffusion_lab.samplers.exponential import is_terminal
 from diffusion_lab.samplers.sde import require_score
 
 #: NCSN's ε/σ_L² (ε = 2e-5 at σ_L = 0.01)
@@ -42,19 +43,20 @@ def sample_annealed_langevin(denoiser, x: Tensor, grid: Tensor, *, n_steps_each:
     if n_steps_each < 1:
         raise ValueError(f"n_steps_each must be at least 1, got {n_steps_each}.")
     sch = denoiser.schedule
-    t_last = grid[-2] if float(grid[-1]) == 0.0 else grid[-1]
+    t_last = grid[-2] if is_terminal(grid[-1], sch) else grid[-1]
     sigma_L = sch.sigma(t_last)
     if eps is None:
         eps = NCSN_STEP_RATIO * float(sigma_L) ** 2
     for _, t, s in progress_steps(grid, progress, "annealed_langevin"):
         sigma_i = sch.sigma(t)
         step = eps * sigma_i * sigma_i / (sigma_L * sigma_L)
-        n = n_steps_each - 1 if s == 0 else n_steps_each
+        last = is_terminal(s, sch)
+        n = n_steps_each - 1 if last else n_steps_each
         for _ in range(n):
             score = denoiser(x, t).score
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x = x + 0.5 * step * score + torch.sqrt(step) * z
-        if s == 0:
+        if last:
             return denoiser(x, t).x0
     # a grid without the terminal 0 (denoise_last=False): levels grid[:-1], no denoising step
     return x

@@ -11,9 +11,10 @@ Space...", Eq. 4 and Alg. 1), valid for every schedule:
     dx/dt = û(x, t) = α̇ x̂_0 + σ̇ ε̂ = f(t) x − ½ g²(t) ∇log p_t(x),
 
 which is the natural form for rectified flow (where the two coincide up to the time change:
-for α = 1 − t, σ = t, σ̃ = t/(1 − t)). The default is ``"sigma_tilde"``: in σ̃ the ODE of a
-single Gaussian is much less curved, Euler in σ̃ *is* DDIM(η=0) = DPM-Solver-1 (one code path for
-the identity, tested), and it is what EDM's Heun sampler does.
+for α = 1 − t, σ = t, σ̃ = t/(1 − t)). The default is ``"sigma_tilde"``: in σ̃ the solution is
+straight wherever x̂_0 is constant (exactly for a point mass; for a Gaussian with variance e along a
+direction, x̃ − μ = √(e + σ̃²)·z is linear once σ̃² ≫ e), Euler in σ̃ *is* DDIM(η=0) =
+DPM-Solver-1 (tested to 1e-12), and it is what EDM's Heun sampler does.
 
 One step from σ̃_i to σ̃_{i+1} (Δ = σ̃_{i+1} − σ̃_i < 0, d(y, σ̃) = ε̂ at x = α y):
 

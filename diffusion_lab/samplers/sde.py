@@ -41,6 +41,7 @@ from torch import Tensor
 
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.ddpm import transition
+from diffusion_lab.samplers.exponential import is_terminal
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "none")
 
@@ -101,7 +102,7 @@ def sample_euler_maruyama(denoiser, x: Tensor, grid: Tensor, *, generator: torch
     sch = denoiser.schedule
     for _, t, s in progress_steps(grid, progress, "sde_euler_maruyama"):
         pred = denoiser(x, t)
-        if s == 0:
+        if is_terminal(s, sch):
             return pred.x0
         x = euler_maruyama_step(sch, x, pred.score, t, s, generator)
     return x
@@ -117,7 +118,7 @@ def sample_reverse_diffusion(denoiser, x: Tensor, grid: Tensor, *, generator: to
     sch = denoiser.schedule
     for _, t, s in progress_steps(grid, progress, "reverse_diffusion"):
         pred = denoiser(x, t)
-        if s == 0:
+        if is_terminal(s, sch):
             return pred.x0
         x = reverse_diffusion_step(sch, x, pred.score, t, s, generator)
     return x
@@ -139,7 +140,7 @@ def sample_pc(denoiser, x: Tensor, grid: Tensor, *, predictor: str = "reverse_di
     for _, t, s in progress_steps(grid, progress, "pc"):
         a = (sch.alpha(t) / sch.alpha(s)) ** 2  # score SDE's α_i: 1 − β_i for VP, 1 for VE
         x = langevin_corrector(denoiser, x, t, corrector_steps, snr, a, generator)
-        if s == 0:
+        if is_terminal(s, sch):
             return denoiser(x, t).x0
         if predictor == "none":
             continue

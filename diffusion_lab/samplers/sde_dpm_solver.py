@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.base import progress_steps, register
-from diffusion_lab.samplers.exponential import node, phi, taylor_terms
+from diffusion_lab.samplers.exponential import is_terminal, node, phi, taylor_terms
 
 SOLVER_TYPES = ("taylor", "midpoint")
 
@@ -48,7 +48,7 @@ def sample_sde_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_typ
     prev_h = 0.0
     for _, t, s in progress_steps(grid, progress, "sde_dpm_solver_pp_2m"):
         x0 = denoiser(x, t).x0
-        if s == 0:
+        if is_terminal(s, denoiser.schedule):
             return x0
         cur, nxt = node(denoiser.schedule, t), node(denoiser.schedule, s)
         h = nxt.lam - cur.lam

@@ -1,0 +1,158 @@
+"""FID, KID and Inception Score through torchmetrics, on features computed once per batch, and the
+on-disk cache of the real data's features.
+
+Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a
+Local Nash Equilibrium"): with μ_r, Σ_r and μ_g, Σ_g the mean and covariance of the real and the
+generated features,
+
+    FID = ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^{1/2}),
+
+the squared 2-Wasserstein distance between the two Gaussians with those moments. The statistics are
+accumulated in float64 (sums of f and of f fᵀ; torchmetrics' state), and the trace of the matrix
+square root is Σ_i √λ_i over the eigenvalues λ_i of Σ_r Σ_g.
+
+KID (Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimator of the squared maximum
+mean discrepancy with the cubic polynomial kernel k(x, y) = (xᵀy / d + 1)³,
+
+    MMD²_u = 1/(m(m−1)) Σ_{i≠j} k(x_i, x_j) + 1/(m(m−1)) Σ_{i≠j} k(y_i, y_j) − 2/m² Σ_{i,j} k(x_i, y_j),
+
+averaged over random subsets of size m (``kid_subset_size``, capped at the sample counts).
+
+Inception Score (Salimans et al. 2016, "Improved Techniques for Training GANs"):
+IS = exp(E_x KL(p(y|x) ‖ p(y))), with p(y) the marginal over the samples, averaged over splits; with
+``features=classifier`` the class posterior is the dataset classifier's.
+
+The feature network runs once per batch (``features.extract_features``); the metrics are torchmetrics
+objects fed the features through an identity "feature extractor", so their DDP synchronisation
+(sum of the FID moments, concatenation of the KID / IS features) is torchmetrics' own: every rank
+calls ``compute`` and gets the same value. Randomised parts (KID subsets, IS split order) draw from
+a seeded generator inside ``torch.random.fork_rng`` so they are identical on every rank and leave the
+training RNG untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_lab.metrics.features import (FeatureNetwork, atomic_save, dataset_key, default_cache_dir,
+                                            extract_features)
+
+log = logging.getLogger(__name__)
+
+IMAGE_METRICS = ("fid", "kid", "is")
+
+
+class _Precomputed(nn.Module):
+    """The identity, posing as the torchmetrics feature extractor: update() receives features."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class ImageMetrics:
+    """FID / KID / IS on precomputed features.
+
+    ``update_real(features)`` and ``update_fake(features, logits)`` may be called on every rank with
+    that rank's share; ``compute()`` (on every rank) returns ``{"fid": ..., "kid": ..., "kid_std": ...,
+    "is": ..., "is_std": ...}`` for the metrics asked for."""
+
+    def __init__(self, metrics: Sequence[str], num_features: int, n_fake: int, n_real: int,
+                 kid_subset_size: int = 1000, kid_subsets: int = 100, is_splits: int = 10, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        bad = [m for m in metrics if m not in IMAGE_METRICS]
+        if bad:
+            raise ValueError(f"evaluation.metrics has {bad[0]!r}, which is not an image metric; choose from {IMAGE_METRICS}.")
+        self.metrics, self.seed = list(metrics), int(seed)
+        self.m: dict[str, Any] = {}
+        with warnings.catch_warnings():  # "will save all extracted features in buffer": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            self._build(metrics, num_features, n_fake, n_real, kid_subset_size, kid_subsets, is_splits)
+        for k in self.m:
+            self.m[k] = self.m[k].to(device)
+        self.device = torch.device(device)
+
+    def _build(self, metrics, num_features, n_fake, n_real, kid_subset_size, kid_subsets, is_splits) -> None:
+        from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
+
+        if "fid" in metrics:
+            self.m["fid"] = FrechetInceptionDistance(feature=_Precomputed(num_features), reset_real_features=True)
+        if "kid" in metrics:
+            size = max(2, min(int(kid_subset_size), int(n_fake), int(n_real)))
+            self.m["kid"] = KernelInceptionDistance(feature=_Precomputed(num_features), subsets=int(kid_subsets),
+                                                    subset_size=size)
+        if "is" in metrics:
+            self.m["is"] = InceptionScore(feature=_Precomputed(num_features), splits=max(1, min(int(is_splits), int(n_fake))))
+
+    def update_real(self, features: Tensor) -> None:
+        f = features.to(self.device, torch.float64)
+        for k in ("fid", "kid"):
+            if k in self.m and len(f):
+                self.m[k].update(f, real=True)
+
+    def update_fake(self, features: Tensor, logits: Tensor | None = None) -> None:
+        f = features.to(self.device, torch.float64)
+        for k in ("fid", "kid"):
+            if k in self.m and len(f):
+                self.m[k].update(f, real=False)
+        if "is" in self.m and logits is not None and len(logits):
+            self.m["is"].update(logits.to(self.device, torch.float64))
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # KID subsets, IS split order: the same on every rank
+            if "fid" in self.m:
+                out["fid"] = float(self.m["fid"].compute())
+            if "kid" in self.m:
+                mean, std = self.m["kid"].compute()
+                out["kid"], out["kid_std"] = float(mean), float(std)
+            if "is" in self.m:
+                mean, std = self.m["is"].compute()
+                out["is"], out["is_std"] = float(mean), float(std)
+        return out
+
+
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) in float64 (the same formula torchmetrics uses;
+    exposed for closed-form checks and for statistics read from a cache)."""
+    mu1, mu2, sigma1, sigma2 = (t.to(torch.float64) for t in (mu1, mu2, sigma1, sigma2))
+    root_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * root_trace)
+
+
+def real_features(net: FeatureNetwork, datamodule: Any, split: str, n: int, cache_dir: str | os.PathLike | None = None,
+                  batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
+                  is_writer: bool = True, barrier: Callable[[], None] | None = None) -> Tensor:
+    """The features of the first n items of a split (fewer if the split is smaller), computed once per
+    (dataset, split, feature network, n) and cached at
+    ``<cache_dir>/real_features/<dataset key>_<split>_<network key>_<n>.pt`` together with their
+    float64 mean and covariance. Under DDP the writer (rank 0) computes, the others load after ``barrier``."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"evaluation.real_split={split!r} is not a split; use train, val or test.")
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = cache / "real_features" / f"{dataset_key(datamodule)}_{split}_{net.key}_{int(n)}.pt"
+    if is_writer and not path.is_file():
+        images = datamodule.sample_data(int(n), split)
+        if len(images) < int(n):
+            log.warning("evaluation: the %s split has %d items, fewer than n_real=%d; using all of them", split,
+                        len(images), n)
+        feats, _ = extract_features(net, images, batch_size=batch_size, device=device, progress=progress,
+                                    desc=f"features of real {split} data")
+        f64 = feats.to(torch.float64)
+        atomic_save({"features": feats, "mu": f64.mean(0), "sigma": torch.cov(f64.T) if len(f64) > 1 else None,
+                     "n": len(feats), "network": net.key, "split": split}, path)
+        log.info("cached real-data features (%d × %d) at %s", feats.shape[0], feats.shape[1], path)
+    if barrier is not None:
+        barrier()
+    return torch.load(path, map_location="cpu", weights_only=True)["features"]
