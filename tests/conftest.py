@@ -14,6 +14,8 @@ torch.set_num_threads(1)  # tiny ops: one thread is faster than two on a loaded 
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
+# the evaluation's feature classifier and real-data features: trained / computed once, reused by later runs
+os.environ.setdefault("DIFFUSION_LAB_CACHE", str(REPO / ".cache" / "diffusion_lab"))
 
 
 @pytest.fixture

@@ -25,9 +25,12 @@ def test_train_subprocess_writes_checkpoint_grid_and_loss_decreases(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "config.yaml").is_file()
-    grids = sorted((tmp_path / "samples").glob("epoch_*.png"))
-    assert [g.name for g in grids] == ["epoch_0002.png", "epoch_0005.png"]
+    # the default evaluation: one grid per evaluated epoch under samples/<sampler label>/, and its FID
+    grids = sorted((tmp_path / "samples").glob("*/epoch_*.png"))
+    assert [(g.parent.name, g.name) for g in grids] == [("dpm_pp_2m_10", "epoch_0002.png"), ("dpm_pp_2m_10", "epoch_0005.png")]
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    fids = [float(r["eval/fid/dpm_pp_2m_10"]) for r in rows if r.get("eval/fid/dpm_pp_2m_10")]
+    assert len(fids) == 2 and all(f >= 0 for f in fids)
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) >= 60
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10

@@ -13,7 +13,7 @@ For each sampler of ``samplers`` (same seeded noise for all of them):
    ``grid_n`` samples of rank 0 for an image grid (the same noise for every sampler, so the grids line
    up cell by cell);
 3. every rank calls ``compute`` (torchmetrics synchronises the states); rank 0's loggers get
-   ``eval/<metric>/<label>`` (fid, kid, is, or swd, mmd, nll), ``eval/nfe/<label>``,
+   ``eval/<metric>/<label>`` (fid, kid, is, or swd, w2, mmd, nll), ``eval/nfe/<label>``,
    ``eval/seconds/<label>``, the grid (``<run dir>/samples/<label>/epoch_XXXX.png``), and a table with
    one row per (epoch, sampler) — a W&B Table when W&B logs, and always ``<run dir>/eval/table.csv``.
 
@@ -35,12 +35,14 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from diffusion_lab.images import save_grid
 from diffusion_lab.lightning.callbacks import _log_image
@@ -53,13 +55,50 @@ log = logging.getLogger(__name__)
 
 SAMPLER_NOISE_OFFSET = 1_000_003
 # metrics to minimise / maximise (W&B summaries, and the order of columns in the table)
-LOWER_IS_BETTER = ("fid", "kid", "swd", "mmd", "nll")
+LOWER_IS_BETTER = ("fid", "kid", "swd", "w2", "mmd", "nll")
 HIGHER_IS_BETTER = ("is",)
 
 
 def rank_share(n: int, rank: int, world: int) -> int:
     """How many of n samples rank r of W generates: N // W, plus one for the first N mod W ranks."""
     return n // world + (1 if rank < n % world else 0)
+
+
+@dataclass
+class GeneratedSamples:
+    x: Tensor | None  # all samples (float32, CPU) when kept
+    nfe: float        # network evaluations per sample trajectory (mean over batches)
+    seconds: float    # wall time of the sampler calls
+
+
+@torch.no_grad()
+def generate_samples(module: Any, sampler: Sampler, n: int, seed: int, batch_size: int = 256, use_ema: bool = True,
+                     progress: bool = True, on_batch: Callable[[Tensor], None] | None = None,
+                     keep: bool = True) -> GeneratedSamples:
+    """n samples in batches from seeded noise: x_T from a CPU generator seeded ``seed`` (drawn batch after
+    batch, so every sampler gets the same x_T), the stochastic samplers' own noise from a second
+    generator seeded ``seed + SAMPLER_NOISE_OFFSET``. ``on_batch(x)`` sees each batch (float32, on the
+    module's device)."""
+    device = module.device
+    x_gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    s_gen = torch.Generator(device=device).manual_seed(int(seed) + SAMPLER_NOISE_OFFSET)
+    shape = tuple(module.data_shape)
+    nfes, seconds, kept = [], 0.0, []
+    starts = range(0, n, batch_size)
+    bar = tqdm(starts, desc=f"sampling {sampler.label}", leave=False, disable=not progress or len(starts) < 2)
+    for s in bar:
+        bs = min(batch_size, n - s)
+        x_T = module.schedule.prior_sample((bs, *shape), generator=x_gen, dtype=torch.float64)
+        res = module.generate(bs, sampler=sampler, generator=s_gen, use_ema=use_ema, x_T=x_T.to(device),
+                              progress=progress)
+        nfes.append(res.nfe)
+        seconds += res.seconds
+        x = res.x.float()
+        if on_batch is not None:
+            on_batch(x)
+        if keep:
+            kept.append(x.cpu())
+    return GeneratedSamples(torch.cat(kept) if kept else None, float(sum(nfes) / max(1, len(nfes))), seconds)
 
 
 def _as_samplers(samplers: Any) -> list[Sampler]:
@@ -156,7 +195,7 @@ class EvaluationCallback(pl.Callback):
     def resolve_metrics(self, data_shape: Sequence[int], mixture: Any) -> list[str]:
         image = len(data_shape) == 3
         if self.metrics_cfg == "auto":
-            return ["fid", "kid", "is"] if image else ["swd", "mmd"] + (["nll"] if mixture is not None else [])
+            return ["fid", "kid", "is"] if image else ["swd", "w2", "mmd"] + (["nll"] if mixture is not None else [])
         names = [str(m) for m in self.metrics_cfg]
         allowed = IMAGE_METRICS if image else LOWDIM_METRICS
         for m in names:
@@ -219,31 +258,14 @@ class EvaluationCallback(pl.Callback):
                       out: Path) -> dict[str, Any]:
         device = module.device
         metrics = self._new_metrics(module, rank, world)
-        x_gen = torch.Generator(device="cpu").manual_seed(self.seed + rank)
-        s_gen = torch.Generator(device=device).manual_seed(self.seed + rank + SAMPLER_NOISE_OFFSET)
         shape = tuple(module.data_shape)
-        nfes, seconds, feat_seconds = [], 0.0, 0.0
-        keep: list[Tensor] = []
         grid: list[Tensor] = []
-        in_grid = 0
-        n_batches = max(1, math.ceil(share / self.batch_size))
-        for b in range(n_batches):
-            bs = min(self.batch_size, share - b * self.batch_size)
-            if bs <= 0:
-                break
-            x_T = module.schedule.prior_sample((bs, *shape), generator=x_gen, dtype=torch.float64)
-            if self.progress and rank == 0:
-                log.debug("evaluation: sampler %s, batch %d/%d (%d samples)", sampler.label, b + 1, n_batches, bs)
-            res = module.generate(bs, sampler=sampler, generator=s_gen, use_ema=self.use_ema, x_T=x_T.to(device),
-                                  progress=self.progress and rank == 0)
-            nfes.append(res.nfe)
-            seconds += res.seconds
-            x = res.x.float()
-            if rank == 0 and in_grid < self.grid_n:
-                grid.append(x[: self.grid_n - in_grid].cpu())
-                in_grid += len(grid[-1])
-            if self.save_samples:
-                keep.append(x.cpu())
+        feat_seconds = 0.0
+
+        def consume(x: Tensor) -> None:
+            nonlocal feat_seconds
+            if rank == 0 and sum(len(g) for g in grid) < self.grid_n:
+                grid.append(x[: self.grid_n - sum(len(g) for g in grid)].cpu())
             if metrics is not None:
                 t0 = time.perf_counter()
                 if isinstance(metrics, ImageMetrics):
@@ -252,22 +274,27 @@ class EvaluationCallback(pl.Callback):
                 else:
                     metrics.update_fake(x)
                 feat_seconds += time.perf_counter() - t0
+
+        res = generate_samples(module, sampler, share, seed=self.seed + rank, batch_size=self.batch_size,
+                               use_ema=self.use_ema, progress=self.progress and rank == 0, on_batch=consume,
+                               keep=self.save_samples)
+        nfe, seconds = res.nfe, res.seconds
+        if self.save_samples and res.x is not None:
+            import numpy as np
+
+            path = out / "eval" / "samples" / sampler.label / f"epoch_{epoch:04d}_rank{rank}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, x=res.x.numpy(), rank=rank, world=world, seed=self.seed + rank)
         t0 = time.perf_counter()
         values = metrics.compute() if metrics is not None else {}
         compute_seconds = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": int(epoch), "sampler": sampler.label, "kind": sampler.kind,
-                               "nfe": float(sum(nfes) / max(1, len(nfes))), "seconds": seconds, **values,
+                               "nfe": float(nfe), "seconds": seconds, **values,
                                "feature_seconds": feat_seconds, "metric_seconds": compute_seconds, "n": self.n,
                                "steps": sampler.steps}
         if rank == 0 and grid:
             self.last_grids[sampler.label] = self._save_grid(torch.cat(grid), shape, out / "samples" / sampler.label
                                                              / f"epoch_{epoch:04d}.png")
-        if self.save_samples and keep:
-            import numpy as np
-
-            path = out / "eval" / "samples" / sampler.label / f"epoch_{epoch:04d}_rank{rank}.npz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, x=torch.cat(keep).numpy(), rank=rank, world=world, seed=self.seed + rank)
         return row
 
     @staticmethod

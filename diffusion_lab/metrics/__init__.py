@@ -6,9 +6,10 @@ from diffusion_lab.metrics.features import (FEATURE_NETWORKS, ClassifierFeatures
                                             build_feature_network, dataset_key, default_cache_dir, extract_features,
                                             load_or_train_classifier, write_random_inception_weights)
 from diffusion_lab.metrics.fid import IMAGE_METRICS, ImageMetrics, frechet_distance, real_features
-from diffusion_lab.metrics.lowdim import LOWDIM_METRICS, LowDimMetrics, exact_nll, mmd_rbf, sliced_wasserstein
+from diffusion_lab.metrics.lowdim import (LOWDIM_METRICS, LowDimMetrics, exact_nll, mmd_rbf, sliced_wasserstein,
+                                          wasserstein2)
 
 __all__ = ["FEATURE_NETWORKS", "ClassifierFeatures", "FeatureNetwork", "InceptionFeatures", "build_feature_network",
            "dataset_key", "default_cache_dir", "extract_features", "load_or_train_classifier",
            "write_random_inception_weights", "IMAGE_METRICS", "ImageMetrics", "frechet_distance", "real_features",
-           "LOWDIM_METRICS", "LowDimMetrics", "exact_nll", "mmd_rbf", "sliced_wasserstein"]
+           "LOWDIM_METRICS", "LowDimMetrics", "exact_nll", "mmd_rbf", "sliced_wasserstein", "wasserstein2"]

@@ -61,7 +61,8 @@ def short_hash(obj: Any, n: int = 10) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-_NOT_IDENTITY = {"batch_size", "num_workers", "prepare_data_per_node", "allow_zero_length_dataloader_with_multiple_devices"}
+_NOT_IDENTITY = {"batch_size", "num_workers", "prepare_data_per_node", "allow_zero_length_dataloader_with_multiple_devices",
+                 "train_set", "val_set", "test_set", "trainer"}  # run-time state, not what the data is
 
 
 def dataset_key(datamodule: Any) -> str:
@@ -219,6 +220,15 @@ def _labelled_tensors(ds: Any, what: str) -> tuple[Tensor, Tensor]:
     return torch.stack(xs).float(), torch.tensor(ys, dtype=torch.long)
 
 
+def _check_classifiable(datamodule: Any) -> None:
+    if len(getattr(datamodule, "data_shape", ())) != 3:
+        raise ValueError(f"evaluation.features=classifier is for images, but the data shape is {datamodule.data_shape}; "
+                         "low-dimensional data uses evaluation.metrics=[swd, w2, mmd, nll].")
+    if getattr(datamodule, "num_classes", None) is None:
+        raise ValueError(f"evaluation.features=classifier needs class labels, but dataset {type(datamodule).__name__} "
+                         "is unlabelled; use evaluation.features=inception.")
+
+
 def train_feature_classifier(datamodule: Any, widths: Iterable[int] = (32, 64, 128), feature_dim: int = 128,
                              epochs: int = 15, lr: float = 2e-3, batch_size: int = 128, seed: int = 0,
                              progress: bool = True) -> tuple[nn.Module, dict]:
@@ -227,12 +237,7 @@ def train_feature_classifier(datamodule: Any, widths: Iterable[int] = (32, 64, 1
     ``{"val_accuracy", "epochs", ...}`` measured on the val split."""
     from diffusion_lab.nets import FeatureClassifier
 
-    if getattr(datamodule, "num_classes", None) is None:
-        raise ValueError(f"evaluation.features=classifier needs class labels, but dataset {type(datamodule).__name__} "
-                         "is unlabelled; use evaluation.features=inception.")
-    if len(getattr(datamodule, "data_shape", ())) != 3:
-        raise ValueError(f"evaluation.features=classifier is for images, but the data shape is {datamodule.data_shape}; "
-                         "low-dimensional data uses evaluation.metrics=[swd, mmd, nll].")
+    _check_classifiable(datamodule)
     datamodule.setup()
     x, y = _labelled_tensors(datamodule.train_set, "train")
     val = datamodule.val_set if datamodule.val_set is not None and len(datamodule.val_set) else None
@@ -280,9 +285,21 @@ def load_or_train_classifier(datamodule: Any, cache_dir: str | os.PathLike | Non
     from diffusion_lab.nets import FeatureClassifier
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    arch = {"widths": list(train_kwargs.get("widths", (32, 64, 128))), "feature_dim": train_kwargs.get("feature_dim", 128),
-            "epochs": train_kwargs.get("epochs", 15), "seed": seed}
-    path = cache / "classifier" / f"{dataset_key(datamodule)}_{short_hash(arch, 8)}.pt"
+    _check_classifiable(datamodule)
+    unknown = sorted(set(train_kwargs) - {"widths", "feature_dim", "epochs", "lr", "batch_size"})
+    if unknown:
+        raise ValueError(f"evaluation.classifier.{unknown[0]} is not an option of the feature classifier; use widths, "
+                         "feature_dim, epochs, lr or batch_size.")
+    train_kwargs = {k: (list(v) if not isinstance(v, (str, bytes)) and hasattr(v, "__iter__") else v)
+                    for k, v in train_kwargs.items()}
+    arch = {"widths": list(train_kwargs.get("widths", (32, 64, 128))), "feature_dim": int(train_kwargs.get("feature_dim", 128))}
+    # the file name changes with the training recipe and with the network's code (its parameter shapes)
+    shapes = [[k, list(v.shape)] for k, v in FeatureClassifier(in_channels=int(datamodule.data_shape[0]),
+                                                               num_classes=int(datamodule.num_classes),
+                                                               widths=tuple(arch["widths"]),
+                                                               feature_dim=arch["feature_dim"]).state_dict().items()]
+    recipe = {**train_kwargs, **arch, "seed": seed, "shapes": shapes}
+    path = cache / "classifier" / f"{dataset_key(datamodule)}_{short_hash(recipe, 8)}.pt"
     if is_writer and not path.is_file():
         net, info = train_feature_classifier(datamodule, seed=seed, progress=progress, **train_kwargs)
         atomic_save({"state_dict": net.state_dict(), "arch": arch, "in_channels": int(datamodule.data_shape[0]),

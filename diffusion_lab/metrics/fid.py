@@ -89,7 +89,9 @@ class ImageMetrics:
             self.m["fid"] = FrechetInceptionDistance(feature=_Precomputed(num_features), reset_real_features=True)
         if "kid" in metrics:
             size = max(2, min(int(kid_subset_size), int(n_fake), int(n_real)))
-            self.m["kid"] = KernelInceptionDistance(feature=_Precomputed(num_features), subsets=int(kid_subsets),
+            # subsets of size min(n_fake, n_real) are all the same set: one is enough
+            subsets = 1 if size >= min(int(n_fake), int(n_real)) else int(kid_subsets)
+            self.m["kid"] = KernelInceptionDistance(feature=_Precomputed(num_features), subsets=subsets,
                                                     subset_size=size)
         if "is" in metrics:
             self.m["is"] = InceptionScore(feature=_Precomputed(num_features), splits=max(1, min(int(is_splits), int(n_fake))))

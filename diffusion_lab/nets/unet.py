@@ -120,19 +120,19 @@ class ResBlock(nn.Module):
         h = F.silu(self.norm0(x))
         if self.resample is not None:
             h, x = self._resample(h), self._resample(x)
+        # In-place updates below only touch conv outputs, which autograd does not save.
         h = self.conv0(h)
         if self.emb_proj is not None and emb is not None:
             e = self.emb_proj(emb)[:, :, None, None]
             if self.scale_shift:
                 scale, shift = e.chunk(2, dim=1)
-                h = self.norm1(h) * (1 + scale) + shift
+                h = torch.addcmul(shift, self.norm1(h), 1 + scale)
             else:
-                h = self.norm1(h + e)
+                h = self.norm1(h.add_(e))
         else:
             h = self.norm1(h)
-        h = self.conv1(self.dropout(F.silu(h)))
-        out = self.skip(x) + h
-        return out * _INV_SQRT2 if self.skip_rescale else out
+        h = self.conv1(self.dropout(F.silu(h))).add_(self.skip(x))
+        return h.mul_(_INV_SQRT2) if self.skip_rescale else h
 
 
 class AttentionBlock(nn.Module):
@@ -170,8 +170,8 @@ class AttentionBlock(nn.Module):
         q, k, v = self.qkv(tokens).view(b, hgt * wid, 3, n, d).permute(2, 0, 3, 1, 4).unbind(0)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
         h = self.proj(h.transpose(1, 2).reshape(b, hgt * wid, c))
-        out = x + h.transpose(1, 2).reshape(b, c, hgt, wid)
-        return out * _INV_SQRT2 if self.skip_rescale else out
+        out = h.transpose(1, 2).reshape(b, c, hgt, wid).add_(x)  # in place on the projection's output
+        return out.mul_(_INV_SQRT2) if self.skip_rescale else out
 
 
 class Downsample(nn.Module):

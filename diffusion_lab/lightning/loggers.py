@@ -1,0 +1,78 @@
+"""Weights & Biases logger for diffusion_lab runs (``logger=wandb``, conf/logger/wandb.yaml).
+
+Lightning's ``WandbLogger`` plus what a comparison dashboard needs:
+
+- ``group``: null means "the sweep": every job of one Hydra multirun gets the sweep directory's name as
+  its group (so a sweep's runs are grouped), a single run gets none;
+- ``job_type`` and ``tags`` from the config, plus the chosen file of each group in ``tag_choices``
+  (e.g. ``digits``, ``vp``, ``eps``) when running under Hydra;
+- ``define_metrics``: glob pattern → summary (``min``/``max``/``last``), applied as soon as the run
+  exists, so FID curves carry a min summary in the runs table;
+- the resolved config reaches ``wandb.config`` as plain containers (the LightningModule saves it as
+  plain dicts and Lightning logs those hyperparameters);
+- works offline (``WANDB_MODE=offline``); ``diffusion_lab.train`` finishes the run at the end of each job.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+SUMMARIES = ("min", "max", "mean", "last", "best", "none")
+
+
+def sweep_group() -> str | None:
+    """Inside a Hydra multirun: a name shared by all of its jobs (the sweep directory); else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(hc.sweep.dir)).strip("-")[-120:] or None
+
+
+def choice_tags(groups: Any) -> list[str]:
+    """The chosen config file of each group, e.g. ["digits", "vp"] (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except (ImportError, ValueError):
+        return []
+    return [str(choices[g]) for g in (groups or []) if choices.get(g) not in (None, "null")]
+
+
+class WandbLogger(_LightningWandbLogger):
+    """``WandbLogger(project, name, group=None, job_type="train", tags=[], define_metrics={...}, ...)``."""
+
+    def __init__(self, *, group: str | None = None, job_type: str | None = "train", tags: Any = None,
+                 tag_choices: Any = None, define_metrics: Mapping[str, str] | None = None, **kwargs: Any):
+        group = group or sweep_group()
+        tags = [str(t) for t in [*(tags or []), *choice_tags(tag_choices)] if t is not None and str(t)]
+        tags = list(dict.fromkeys(tags))
+        metrics = {str(k): (None if v in (None, "none") else str(v)) for k, v in dict(define_metrics or {}).items()}
+        for pattern, summary in metrics.items():
+            if summary is not None and summary not in SUMMARIES:
+                raise ValueError(f"logger.define_metrics.{pattern}={summary!r} is not a W&B summary; use one of {SUMMARIES}.")
+        super().__init__(group=group, job_type=job_type, tags=tags or None, **kwargs)
+        self._define_metrics = metrics
+        self._metrics_defined = False
+
+    @property
+    def experiment(self):  # noqa: ANN201  (wandb Run, or Lightning's dummy on ranks > 0)
+        exp = super().experiment
+        if not self._metrics_defined and rank_zero_only.rank == 0 and hasattr(exp, "define_metric"):
+            self._metrics_defined = True
+            for pattern, summary in self._define_metrics.items():
+                if summary is None:
+                    exp.define_metric(pattern)
+                else:
+                    exp.define_metric(pattern, summary=summary)
+        return exp
