@@ -13,6 +13,7 @@ from diffusion_lab.schedules import DDPMLinearSchedule, EDMSchedule, RectifiedFl
 CONTINUOUS = {
     "vp": VPLinearSchedule,
     "ve": VESchedule,
+    "edm": EDMSchedule,
     "rf": RectifiedFlowSchedule,
 }
 
@@ -32,7 +33,7 @@ def test_grid_shape_ends_pinned_and_decreasing(name, spacing):
         assert g2.shape == (steps + 1,) and float(g2[0]) == sch.t_max and float(g2[-1]) == sch.t_min
 
 
-@pytest.mark.parametrize("name", ["ve", "vp"])
+@pytest.mark.parametrize("name", ["ve", "edm", "vp"])
 def test_karras_grid_matches_edm_formula(name):
     # Karras et al. 2022, Eq. 5: σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, in σ̃ = σ/α.
     sch, N, rho = CONTINUOUS[name](), 18, 7.0
@@ -108,10 +109,3 @@ def test_grid_errors_are_clear():
         time_grid(VPLinearSchedule(), 0)
     assert math.isfinite(float(time_grid(VESchedule(), 3, "karras")[1]))
 
-
-@pytest.mark.xfail(reason="EDMSchedule has t_min = 0 (σ(0) = σ_min > 0), which collides with the grid's terminal 0 "
-                   "(= clean data): the schedule needs t_min > 0 or the grid another terminal marker", strict=False)
-def test_grid_on_edm_schedule():
-    sch = EDMSchedule()
-    g = time_grid(sch, 18, "karras")
-    assert float(g[-2]) == sch.t_min > float(g[-1]) == 0.0

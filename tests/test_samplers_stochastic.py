@@ -17,7 +17,7 @@ from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import PARAMETERIZATIONS, Coefficients, Parameterization, Prediction, from_x0_eps
 from diffusion_lab.samplers import SAMPLERS, Denoiser, Sampler, time_grid
 from diffusion_lab.samplers.base import progress_steps
-from diffusion_lab.schedules import DDPMLinearSchedule, RectifiedFlowSchedule, VESchedule, VPLinearSchedule
+from diffusion_lab.schedules import DDPMLinearSchedule, EDMSchedule, RectifiedFlowSchedule, VESchedule, VPLinearSchedule
 
 F64 = torch.float64
 STOCHASTIC = sorted(n for n, s in SAMPLERS.items() if s.stochastic)
@@ -230,7 +230,7 @@ MMD_CASES = [
     ("sde_dpm_solver_pp_2m", "vp", 100, {}),
     ("annealed_langevin", "ve", 100, {"n_steps_each": 4, "eps": "sigma_L^2"}),  # NCSN's own setting: VE
 ]
-SCHEDULES = {"vp": VPLinearSchedule, "ve": VESchedule, "rf": RectifiedFlowSchedule}
+SCHEDULES = {"vp": VPLinearSchedule, "ve": VESchedule, "edm": EDMSchedule, "rf": RectifiedFlowSchedule}
 
 
 def _mmd_of(name, sched, steps, options, seed=5):
@@ -263,7 +263,7 @@ def test_mmd_test_accepts_exact_samples_and_rejects_wrong_variance():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sched", ["vp", "ve", "rf"])
+@pytest.mark.parametrize("sched", ["vp", "ve", "edm", "rf"])
 @pytest.mark.parametrize("name", MINE)
 def test_stochastic_sampler_matches_exact_samples_1000_nfe(name, sched):
     if name == "annealed_langevin" and sched == "rf":

@@ -252,6 +252,17 @@ def train_feature_classifier(datamodule: Any, widths: Iterable[int] = (32, 64, 1
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     pad = max(1, x.shape[-1] // 8)
     net.train()
+    with torch.enable_grad():  # callers may sit inside torch.no_grad() (the evaluation)
+        _fit(net, opt, sched, x, y, g, epochs, steps_per_epoch, batch_size, pad, progress)
+    net.eval()
+    acc = float("nan")
+    if len(xv):
+        with torch.no_grad():
+            acc = float((net(xv).argmax(1) == yv).float().mean())
+    return net, {"val_accuracy": acc, "epochs": epochs, "train_size": len(x)}
+
+
+def _fit(net, opt, sched, x, y, g, epochs, steps_per_epoch, batch_size, pad, progress) -> None:
     bar = tqdm(range(epochs), desc="training the FID feature classifier", leave=False, disable=not progress)
     for _ in bar:
         perm = torch.randperm(len(x), generator=g)
@@ -268,12 +279,6 @@ def train_feature_classifier(datamodule: Any, widths: Iterable[int] = (32, 64, 1
             opt.step()
             sched.step()
         bar.set_postfix(loss=loss.item())
-    net.eval()
-    acc = float("nan")
-    if len(xv):
-        with torch.no_grad():
-            acc = float((net(xv).argmax(1) == yv).float().mean())
-    return net, {"val_accuracy": acc, "epochs": epochs, "train_size": len(x)}
 
 
 def load_or_train_classifier(datamodule: Any, cache_dir: str | os.PathLike | None = None, seed: int = 0,

@@ -296,7 +296,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
             axes[i, j].grid(alpha=0.3)
             axes[i, j].legend()
         axes[0, j].set_title(f"{model} UNet")
-    fig.suptitle(title, fontsize=9)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
