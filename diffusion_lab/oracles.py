@@ -45,9 +45,9 @@ class GaussianMixture:
                 f"GaussianMixture needs weights (K,), means (K, D), covs (K, D, D); got {tuple(weights.shape)}, "
                 f"{tuple(means.shape)}, {tuple(covs.shape)}."
             )
-        if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-9:
+        if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-5:
             raise ValueError(f"GaussianMixture weights must be non-negative and sum to 1, got {weights.tolist()}.")
-        self.weights, self.means, self.covs = weights, means, covs
+        self.weights, self.means, self.covs = weights / weights.sum(), means, covs  # exact sum 1 in float64
         evals, evecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(-1, -2)))
         if (evals < 0).any():
             raise ValueError("GaussianMixture covariances must be positive semi-definite.")

@@ -177,10 +177,8 @@ def test_classifier_features_need_labelled_images():
         build_feature_network("classifier", GaussianMixtureDataModule(n_train=10, n_val=10))
 
 
-def test_real_features_cached_per_dataset_split_network_and_n(tmp_path, monkeypatch):
+def test_real_features_cached_per_dataset_split_network_and_n(tmp_path):
     dm = DigitsDataModule()
-    path = write_random_inception_weights(tmp_path / "w.pth")
-    del path
     calls = []
 
     class Tiny(features_mod.FeatureNetwork):

@@ -13,32 +13,8 @@ import torch
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import PARAMETERIZATIONS, Coefficients, Parameterization, convert
 from diffusion_lab.samplers.denoiser import Denoiser
-from diffusion_lab.schedules import (
-    CosineDiscreteSchedule,
-    DDPMLinearSchedule,
-    EDMSchedule,
-    RectifiedFlowSchedule,
-    SubVPSchedule,
-    VESchedule,
-    VPCosineSchedule,
-    VPLinearSchedule,
-    ZeroTerminalSNR,
-)
-
-F64 = torch.float64
-PLAIN = [k for k in PARAMETERIZATIONS if k != "edm"]
-
-SCHEDULES = {
-    "vp": VPLinearSchedule,
-    "ddpm": DDPMLinearSchedule,
-    "cosine": VPCosineSchedule,
-    "cosine_discrete": CosineDiscreteSchedule,
-    "subvp": SubVPSchedule,
-    "ve": VESchedule,
-    "edm": EDMSchedule,
-    "rectified_flow": RectifiedFlowSchedule,
-    "zero_snr_ddpm": lambda: ZeroTerminalSNR(DDPMLinearSchedule()),
-}
+from diffusion_lab.schedules import VPLinearSchedule
+from schedule_cases import F64, PLAIN, SCHEDULES
 SOME = ["vp", "ddpm", "ve", "edm", "rectified_flow", "cosine"]
 
 

@@ -19,32 +19,8 @@ from diffusion_lab.parameterization import (
     target,
     to_x0_eps,
 )
-from diffusion_lab.schedules import (
-    CosineDiscreteSchedule,
-    DDPMLinearSchedule,
-    EDMSchedule,
-    RectifiedFlowSchedule,
-    SubVPSchedule,
-    VESchedule,
-    VPCosineSchedule,
-    VPLinearSchedule,
-    ZeroTerminalSNR,
-)
-
-F64 = torch.float64
-PLAIN = [k for k in PARAMETERIZATIONS if k != "edm"]
-
-SCHEDULES = {
-    "vp": VPLinearSchedule,
-    "ddpm": DDPMLinearSchedule,
-    "cosine": VPCosineSchedule,
-    "cosine_discrete": CosineDiscreteSchedule,
-    "subvp": SubVPSchedule,
-    "ve": VESchedule,
-    "edm": EDMSchedule,
-    "rectified_flow": RectifiedFlowSchedule,
-    "zero_snr_ddpm": lambda: ZeroTerminalSNR(DDPMLinearSchedule()),
-}
+from diffusion_lab.schedules import DDPMLinearSchedule, RectifiedFlowSchedule, VPLinearSchedule, ZeroTerminalSNR
+from schedule_cases import F64, PLAIN, SCHEDULES
 
 
 def batch(schedule, n_t: int = 6, dim: int = 5, seed: int = 0):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -221,6 +220,11 @@ class EvaluationCallback(pl.Callback):
             self._real = real_features(self.feature_net, datamodule, self.real_split or "train", self.n_real or self.n,
                                        cache_dir=self.cache_dir, batch_size=self.feature_batch_size, device=device,
                                        progress=self.progress and rank == 0, is_writer=rank == 0, barrier=barrier)
+            d = self.feature_net.num_features
+            if rank == 0 and "fid" in self.metric_names and min(self.n, len(self._real)) <= d:
+                log.warning("evaluation: N=%d samples for %d-d features — the covariances are singular and FID is "
+                            "biased and ill-conditioned; use evaluation.n > %d (50k for a headline Inception FID)",
+                            min(self.n, len(self._real)), d, d)
         elif not image and self.metric_names:
             self._real = datamodule.sample_data(self.n_real or max(self.n, 2000), self.real_split or "val")
         self._prepared_for = (id(module), id(datamodule))
@@ -249,6 +253,7 @@ class EvaluationCallback(pl.Callback):
             self.prepare(module, datamodule, rank, world)
         out = Path(out_dir or self.out_dir or ".")
         share = rank_share(self.n, rank, world)
+        self.last_grids = {}
         rows = []
         for sampler in samplers or self.resolve_samplers(module):
             rows.append(self._evaluate_one(module, sampler, epoch, rank, world, share, out))
@@ -302,18 +307,15 @@ class EvaluationCallback(pl.Callback):
         if len(shape) == 3:
             return save_grid(x, path)
         if shape == (2,):  # 2-D data: a scatter plot stands in for the grid
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure  # no pyplot: no global backend state
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+            fig = Figure(figsize=(4, 4), dpi=80)
+            ax = fig.subplots()
             ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=4, alpha=0.6)
             ax.set_aspect("equal")
             fig.tight_layout()
             fig.savefig(path)
-            plt.close(fig)
             return path
         return None
 
@@ -367,7 +369,7 @@ class EvaluationCallback(pl.Callback):
         if trainer.global_rank == 0:
             for row in rows:
                 path = self.last_grids.get(row["sampler"])
-                if path is not None and path.is_file() and path.stat().st_mtime >= t0 - 1:
+                if path is not None:
                     _log_image(trainer, f"eval/samples/{row['sampler']}", path, epoch)
             self._write_table(out / "eval" / "table.csv")
             self._log_table(trainer)

@@ -229,6 +229,9 @@ def _check_classifiable(datamodule: Any) -> None:
                          "is unlabelled; use evaluation.features=inception.")
 
 
+CLASSIFIER_RECIPE = {"epochs": 15, "lr": 2e-3, "batch_size": 128}  # defaults of train_feature_classifier
+
+
 def train_feature_classifier(datamodule: Any, widths: Iterable[int] = (32, 64, 128), feature_dim: int = 128,
                              epochs: int = 15, lr: float = 2e-3, batch_size: int = 128, seed: int = 0,
                              progress: bool = True) -> tuple[nn.Module, dict]:
@@ -243,16 +246,17 @@ def train_feature_classifier(datamodule: Any, widths: Iterable[int] = (32, 64, 1
     val = datamodule.val_set if datamodule.val_set is not None and len(datamodule.val_set) else None
     xv, yv = _labelled_tensors(val, "val") if val is not None else (x[:0], y[:0])
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
+    # the global RNG (initialisation, dropout) is forked: training the classifier never shifts the
+    # random stream of the diffusion training it runs inside (exact resume)
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # enable_grad: callers may be in no_grad
         torch.manual_seed(seed)
         net = FeatureClassifier(in_channels=x.shape[1], num_classes=int(datamodule.num_classes), widths=tuple(widths),
                                 feature_dim=feature_dim)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = max(1, len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    pad = max(1, x.shape[-1] // 8)
-    net.train()
-    with torch.enable_grad():  # callers may sit inside torch.no_grad() (the evaluation)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+        steps_per_epoch = max(1, len(x) // batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+        pad = max(1, x.shape[-1] // 8)
+        net.train()
         _fit(net, opt, sched, x, y, g, epochs, steps_per_epoch, batch_size, pad, progress)
     net.eval()
     acc = float("nan")
@@ -303,7 +307,7 @@ def load_or_train_classifier(datamodule: Any, cache_dir: str | os.PathLike | Non
                                                                num_classes=int(datamodule.num_classes),
                                                                widths=tuple(arch["widths"]),
                                                                feature_dim=arch["feature_dim"]).state_dict().items()]
-    recipe = {**train_kwargs, **arch, "seed": seed, "shapes": shapes}
+    recipe = {**CLASSIFIER_RECIPE, **train_kwargs, **arch, "seed": seed, "shapes": shapes}
     path = cache / "classifier" / f"{dataset_key(datamodule)}_{short_hash(recipe, 8)}.pt"
     if is_writer and not path.is_file():
         net, info = train_feature_classifier(datamodule, seed=seed, progress=progress, **train_kwargs)

@@ -8,8 +8,10 @@ generated features,
     FID = ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^{1/2}),
 
 the squared 2-Wasserstein distance between the two Gaussians with those moments. The statistics are
-accumulated in float64 (sums of f and of f fᵀ; torchmetrics' state), and the trace of the matrix
-square root is Σ_i √λ_i over the eigenvalues λ_i of Σ_r Σ_g.
+accumulated in float64 (sums of f and of f fᵀ; torchmetrics' state). The trace of the matrix square
+root is computed from symmetric eigendecompositions only: Tr (Σ_r Σ_g)^{1/2} = Σ_i √λ_i with λ_i the
+eigenvalues of the symmetric PSD matrix Σ_r^{1/2} Σ_g Σ_r^{1/2} (similar to Σ_r Σ_g), which is about
+twice as fast on a CPU as the general eigensolver torchmetrics uses and never produces complex parts.
 
 KID (Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimator of the squared maximum
 mean discrepancy with the cubic polynomial kernel k(x, y) = (xᵀy / d + 1)³,
@@ -83,10 +85,10 @@ class ImageMetrics:
         self.device = torch.device(device)
 
     def _build(self, metrics, num_features, n_fake, n_real, kid_subset_size, kid_subsets, is_splits) -> None:
-        from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
+        from torchmetrics.image import InceptionScore, KernelInceptionDistance
 
         if "fid" in metrics:
-            self.m["fid"] = FrechetInceptionDistance(feature=_Precomputed(num_features), reset_real_features=True)
+            self.m["fid"] = _FrechetDistance.make(num_features)
         if "kid" in metrics:
             size = max(2, min(int(kid_subset_size), int(n_fake), int(n_real)))
             # subsets of size min(n_fake, n_real) are all the same set: one is enough
@@ -126,11 +128,37 @@ class ImageMetrics:
 
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
-    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) in float64 (the same formula torchmetrics uses;
-    exposed for closed-form checks and for statistics read from a cache)."""
+    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) in float64, with Tr (Σ1 Σ2)^{1/2} = Σ √λ_i(Σ1^{1/2} Σ2 Σ1^{1/2})
+    (symmetric eigendecompositions; tiny negative eigenvalues from round-off are clipped to 0)."""
     mu1, mu2, sigma1, sigma2 = (t.to(torch.float64) for t in (mu1, mu2, sigma1, sigma2))
-    root_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    w, v = torch.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T
+    m = root1 @ sigma2 @ root1
+    lam = torch.linalg.eigvalsh((m + m.T) / 2)
+    root_trace = lam.clamp(min=0).sqrt().sum()
     return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * root_trace)
+
+
+class _FrechetDistance:
+    """torchmetrics' FID with its final formula replaced by ``frechet_distance`` (same states, same
+    DDP synchronisation: torchmetrics syncs the states before ``compute`` runs)."""
+
+    @staticmethod
+    def make(num_features: int):
+        from torchmetrics.image import FrechetInceptionDistance
+
+        class FrechetDistanceMetric(FrechetInceptionDistance):
+            def compute(self) -> Tensor:
+                n_r, n_f = self.real_features_num_samples, self.fake_features_num_samples
+                if n_r < 2 or n_f < 2:
+                    raise RuntimeError(f"FID needs at least 2 real and 2 generated samples, got {int(n_r)} and "
+                                       f"{int(n_f)}; raise evaluation.n.")
+                mu_r, mu_f = self.real_features_sum / n_r, self.fake_features_sum / n_f
+                cov_r = (self.real_features_cov_sum - n_r * torch.outer(mu_r, mu_r)) / (n_r - 1)
+                cov_f = (self.fake_features_cov_sum - n_f * torch.outer(mu_f, mu_f)) / (n_f - 1)
+                return torch.tensor(frechet_distance(mu_r, cov_r, mu_f, cov_f), dtype=torch.float64)
+
+        return FrechetDistanceMetric(feature=_Precomputed(num_features), reset_real_features=True)
 
 
 def real_features(net: FeatureNetwork, datamodule: Any, split: str, n: int, cache_dir: str | os.PathLike | None = None,

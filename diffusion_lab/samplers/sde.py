@@ -98,13 +98,18 @@ def sample_euler_maruyama(denoiser, x: Tensor, grid: Tensor, *, generator: torch
                           progress: bool = False) -> Tensor:
     """Euler–Maruyama for the reverse SDE dx = [f x − g² ŝ] dt + g dW̄ (Song et al. 2021);
     the terminal step returns x̂_0."""
-    require_score(denoiser, "sde_euler_maruyama")
+    return _score_sde_loop(denoiser, x, grid, euler_maruyama_step, "sde_euler_maruyama", generator, progress)
+
+
+def _score_sde_loop(denoiser, x: Tensor, grid: Tensor, step, name: str, generator, progress: bool) -> Tensor:
+    """One score evaluation per step, then ``step(schedule, x, score, t, s, generator)``; x̂_0 at the end."""
+    require_score(denoiser, name)
     sch = denoiser.schedule
-    for _, t, s in progress_steps(grid, progress, "sde_euler_maruyama"):
+    for _, t, s in progress_steps(grid, progress, name):
         pred = denoiser(x, t)
         if is_terminal(s, sch):
             return pred.x0
-        x = euler_maruyama_step(sch, x, pred.score, t, s, generator)
+        x = step(sch, x, pred.score, t, s, generator)
     return x
 
 
@@ -114,14 +119,7 @@ def sample_reverse_diffusion(denoiser, x: Tensor, grid: Tensor, *, generator: to
                              progress: bool = False) -> Tensor:
     """Reverse-diffusion predictor (Song et al. 2021, App. E): x_s = (2 − α_{t|s}) x_t + σ_{t|s}² ŝ + σ_{t|s} z;
     the terminal step returns x̂_0."""
-    require_score(denoiser, "reverse_diffusion")
-    sch = denoiser.schedule
-    for _, t, s in progress_steps(grid, progress, "reverse_diffusion"):
-        pred = denoiser(x, t)
-        if is_terminal(s, sch):
-            return pred.x0
-        x = reverse_diffusion_step(sch, x, pred.score, t, s, generator)
-    return x
+    return _score_sde_loop(denoiser, x, grid, reverse_diffusion_step, "reverse_diffusion", generator, progress)
 
 
 @register("pc", stochastic=True, order=1, nfe_per_step=2, default_grid="uniform", needs_score=True,

@@ -19,39 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion_lab.schedules.base import Schedule
+from diffusion_lab.schedules.vp import VPLinearSchedule
 
 
-class SubVPSchedule(Schedule):
-    """Sub-VP: α as VP linear (β_min → β_max), σ = 1 − α² (Song et al. 2021)."""
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
-        if not 0 < beta_min < beta_max:
-            raise ValueError(
-                f"SubVPSchedule needs 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}."
-            )
-        if not 0 < t_min < t_max <= 1:
-            raise ValueError(
-                f"SubVPSchedule needs 0 < t_min < t_max <= 1 (σ(0) = 0), got t_min={t_min}, t_max={t_max}; "
-                "score SDE uses t_min=1e-3."
-            )
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_min, self.t_max = float(t_min), float(t_max)
-
-    def beta(self, t: Tensor) -> Tensor:
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def log_alpha(self, t: Tensor) -> Tensor:
-        return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-    def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(self.log_alpha(t))
+class SubVPSchedule(VPLinearSchedule):
+    """Sub-VP: α and β(t) as VP linear (β_min → β_max), σ = 1 − α² (Song et al. 2021)."""
 
     def sigma(self, t: Tensor) -> Tensor:
         return -torch.expm1(2.0 * self.log_alpha(t))  # 1 − α², accurate near t = 0
-
-    def alpha_dot(self, t: Tensor) -> Tensor:
-        return -0.5 * self.beta(t) * self.alpha(t)
 
     def sigma_dot(self, t: Tensor) -> Tensor:
         # d(1 − α²)/dt = −2αα̇ = β α²
@@ -69,9 +44,4 @@ class SubVPSchedule(Schedule):
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         # α = 2r/(1 + √(1 + 4r²)) with r = e^λ  ⇔  −log α = asinh(1/(2r)) (no cancellation as α → 1)
-        c = 2.0 * torch.asinh(0.5 * torch.exp(-lam))
-        db = self.beta_max - self.beta_min
-        return 2.0 * c / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * db * c))
-
-    def __repr__(self) -> str:
-        return f"SubVPSchedule(beta_min={self.beta_min}, beta_max={self.beta_max}, t_min={self.t_min}, t_max={self.t_max})"
+        return self.t_from_neg_log_alpha2(2.0 * torch.asinh(0.5 * torch.exp(-lam)))

@@ -21,8 +21,12 @@ class VPLinearSchedule(Schedule):
     """Continuous VP schedule with linear β(t) from ``beta_min`` to ``beta_max``."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+        name = type(self).__name__
         if not 0 < beta_min < beta_max:
-            raise ValueError(f"VPLinearSchedule needs 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}.")
+            raise ValueError(f"{name} needs 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}.")
+        if not 0 < t_min < t_max <= 1:
+            raise ValueError(f"{name} needs 0 < t_min < t_max <= 1 (σ(0) = 0), got t_min={t_min}, t_max={t_max}; "
+                             "score SDE uses t_min=1e-3.")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.t_min, self.t_max = float(t_min), float(t_max)
 
@@ -50,11 +54,14 @@ class VPLinearSchedule(Schedule):
         la = self.log_alpha(t)
         return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
 
-    def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        # log α² = −log(1 + e^{−2λ}) =: −c; solve ½(β_max−β_min) t² + β_min t − c = 0 for t ≥ 0.
-        c = torch.nn.functional.softplus(-2.0 * lam)
+    def t_from_neg_log_alpha2(self, c: Tensor) -> Tensor:
+        """Solve −log α(t)² = c, i.e. ½(β_max−β_min) t² + β_min t − c = 0, for t ≥ 0 (stable form)."""
         db = self.beta_max - self.beta_min
         return 2.0 * c / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * db * c))
 
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # log α² = −log(1 + e^{−2λ})
+        return self.t_from_neg_log_alpha2(torch.nn.functional.softplus(-2.0 * lam))
+
     def __repr__(self) -> str:
-        return f"VPLinearSchedule(beta_min={self.beta_min}, beta_max={self.beta_max}, t_min={self.t_min}, t_max={self.t_max})"
+        return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, t_min={self.t_min}, t_max={self.t_max})"
