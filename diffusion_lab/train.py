@@ -58,10 +58,14 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    logger = instantiate(cfg.logger) if cfg.get("logger") is not None and cfg.logger.get("_target_") else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not logger:  # nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     if cfg.get("evaluation") is not None:
         callbacks.append(instantiate(cfg.evaluation))
-    logger = instantiate(cfg.logger) if cfg.logger is not None and cfg.logger.get("_target_") else False
     return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=cfg.run_dir)
 
 

@@ -93,6 +93,26 @@ def test_generate_samples_is_reproducible_from_its_seed(digits_parts):
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x) and a.nfe == 3
 
 
+def test_inception_features_through_the_evaluation_config(compose_cfg, tmp_path):
+    """features=inception with a local weights file (random weights of the real architecture)."""
+    from hydra.utils import instantiate
+
+    from diffusion_lab.metrics import write_random_inception_weights
+
+    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    cfg = compose_cfg(["evaluation.features=inception", f"evaluation.inception_weights={weights}", "evaluation.n=4",
+                       f"evaluation.cache_dir={tmp_path / 'cache'}", "evaluation.progress=false",
+                       "evaluation.samplers.dpm_pp_2m.steps=2"])
+    parts = build(cfg)
+    cb = instantiate(cfg.evaluation)
+    (row,) = cb.evaluate(parts["module"], parts["datamodule"], epoch=0, out_dir=tmp_path)
+    assert cb.feature_net.num_features == 2048 and {"fid", "kid", "is"} <= set(row)
+    assert len(list((tmp_path / "cache" / "real_features").glob("*_train_inception-*_4.pt"))) == 1
+    missing = instantiate(cfg.evaluation, inception_weights=str(tmp_path / "none.pth"))
+    with pytest.raises(FileNotFoundError, match="download https://.*evaluation.inception_weights="):
+        missing.prepare(parts["module"], parts["datamodule"])
+
+
 def test_low_dimensional_data_gets_sliced_wasserstein_mmd_and_exact_nll(compose_cfg, tmp_path):
     parts = build(compose_cfg(["dataset=gmm", "model=mlp", "dataset.n_train=500", "dataset.n_val=300"]))
     cb = EvaluationCallback(samplers={"a": Sampler("dpm_solver_pp_2m", steps=4, grid="lambda", label="dpm_4")}, n=64,
