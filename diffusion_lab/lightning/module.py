@@ -47,7 +47,12 @@ class DiffusionModule(pl.LightningModule):
                           "warmup_steps": 0, **(optimizer or {})}
         ema = {"decay": 0.999, "half_life_images": None, "ramp_up": None, **(ema or {})}
         self.ema = EMA(net, **ema)
-        self.channels_last = channels_last and len(self.data_shape) == 3
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"fast.channels_last must be true, false or auto, got {channels_last!r}.")
+        # "auto": on when training on a GPU, where it speeds up convolutions (no gain measured on CPU:
+        # experiments/bench_training/RESULTS.md); images only
+        self._channels_last_opt = channels_last
+        self.channels_last = channels_last is True and len(self.data_shape) == 3
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_net = torch.compile(self.net) if compile else self.net
@@ -60,6 +65,11 @@ class DiffusionModule(pl.LightningModule):
         self.save_hyperparameters({"config": config or {}})
 
     # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        if self._channels_last_opt == "auto" and self.device.type == "cuda" and len(self.data_shape) == 3:
+            self.channels_last = True
+            self.net.to(memory_format=torch.channels_last)
+
     def _images(self, batch: Any) -> tuple[Tensor, dict]:
         """(x0, network kwargs): class labels go to the network only when it is class-conditional."""
         kwargs: dict = {}
