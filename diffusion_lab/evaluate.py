@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffusion_lab.checkpoints import CheckpointError
+from diffusion_lab.cli import run_reporting_errors
 from diffusion_lab.config_checks import ConfigError, check_components
 from diffusion_lab.sample import load_trained, pick_device, sampler_for
 
@@ -70,13 +69,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"error: {e}") from None
+    run_reporting_errors(run, cfg, log)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,37 @@ class GaussianMixture:
         eps = -c.sigma * sc
         return from_x0_eps(x0, eps, c)
 
+    def mmd2(self, x: Tensor, widths: tuple[float, ...] = (0.2, 0.5, 1.0)) -> float:
+        """Unbiased MMD² between samples x (n, D) and the mixture itself, summed over Gaussian kernels
+        k(x, y) = exp(−‖x − y‖²/2ℓ²). The expectations under p_0 are closed form (no exact samples needed):
+        E_y k(x, y) = Σ_j π_j ℓ^D det(ℓ²I + Σ_j)^{−½} exp(−½(x − μ_j)ᵀ(ℓ²I + Σ_j)⁻¹(x − μ_j)), and E k(y, y')
+        likewise with Σ_j + Σ_k. Zero in expectation iff x ~ p_0 (characteristic kernel); noise O(1/n).
+        Non-finite samples give +inf."""
+        if not torch.isfinite(x).all():
+            return float("inf")
+        x = x.to(torch.float64)
+        n, D = x.shape
+        eye = torch.eye(D, dtype=torch.float64)
+        d2 = torch.cdist(x, x).pow(2)
+        total = 0.0
+        for ell in widths:
+            K = torch.exp(-d2 / (2 * ell * ell))
+            kxx = (K.sum() - K.diagonal().sum()) / (n * (n - 1))
+            kxy = torch.zeros(n, dtype=torch.float64)
+            for w, m, S in zip(self.weights, self.means, self.covs):
+                A = ell * ell * eye + S
+                diff = x - m
+                q = (diff @ torch.linalg.inv(A) * diff).sum(1)
+                kxy += w * ell**D / torch.sqrt(torch.linalg.det(A)) * torch.exp(-0.5 * q)
+            kyy = 0.0
+            for wj, mj, Sj in zip(self.weights, self.means, self.covs):
+                for wk, mk, Sk in zip(self.weights, self.means, self.covs):
+                    A = ell * ell * eye + Sj + Sk
+                    dm = mj - mk
+                    kyy += wj * wk * ell**D / torch.sqrt(torch.linalg.det(A)) * torch.exp(-0.5 * dm @ torch.linalg.solve(A, dm))
+            total += float(kxx - 2 * kxy.mean() + kyy)
+        return total
+
     def network(self, schedule: Schedule, parameterization) -> "OracleNetwork":
         """A parameter-free 'network' that outputs the exact prediction in the given
         parameterization, taking the same (input, noise label) a real network takes."""

@@ -22,8 +22,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_lab.cli import run_reporting_errors
 from diffusion_lab.checkpoints import CheckpointError, load_checkpoint
-from diffusion_lab.config_checks import ConfigError, check_components
+from diffusion_lab.config_checks import check_components
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"error: {e}") from None
+    run_reporting_errors(run, cfg, log)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ sample grids) go to the run directory under outputs/.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.checkpoints import CheckpointError, load_checkpoint
-from diffusion_lab.config_checks import ConfigError, check_components, check_config
+from diffusion_lab.cli import run_reporting_errors
+from diffusion_lab.config_checks import check_components, check_config
 from diffusion_lab.lightning.module import DiffusionModule
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        out = run(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
-        # one clear sentence, no traceback (set HYDRA_FULL_ERROR=1 to see it anyway)
-        log.error("%s", e)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"error: {e}") from None
+    out = run_reporting_errors(run, cfg, log)
     return out["metrics"].get("train/loss_epoch")
 
 

@@ -20,7 +20,7 @@ import torch
 
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import Parameterization
-from diffusion_lab.samplers import SAMPLERS, Denoiser, Sampler, time_grid
+from diffusion_lab.samplers import SAMPLERS, Denoiser, Sampler
 from diffusion_lab.samplers.dpm_solver_pp import multistep_terms
 from diffusion_lab.samplers.exponential import exp_step, node, phi
 from diffusion_lab.samplers.unipc import unipc_update

@@ -31,7 +31,6 @@ Documented deviations from "nominal ± 0.25" (see the sampler modules and the fi
 
 from __future__ import annotations
 
-import math
 import sys
 
 import pytest

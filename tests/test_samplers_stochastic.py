@@ -184,32 +184,8 @@ N_MMD = 2000
 
 
 def mmd2_to_mixture(x: torch.Tensor, gm: GaussianMixture) -> float:
-    """Unbiased MMD² between samples x and the mixture itself, summed over Gaussian kernels
-    k(x, y) = exp(−‖x − y‖²/2ℓ²): the expectations under p_0 are closed form,
-    E_y k(x, y) = Σ_j π_j ℓ^D det(ℓ²I + Σ_j)^{−½} exp(−½(x − μ_j)ᵀ(ℓ²I + Σ_j)⁻¹(x − μ_j)), and likewise E k(y, y')
-    with Σ_j + Σ_k. Zero in expectation iff x ~ p_0 (characteristic kernel)."""
-    x = x.to(F64)
-    n, D = x.shape
-    eye = torch.eye(D, dtype=F64)
-    d2 = torch.cdist(x, x).pow(2)
-    total = 0.0
-    for ell in KERNEL_WIDTHS:
-        K = torch.exp(-d2 / (2 * ell * ell))
-        kxx = (K.sum() - K.diagonal().sum()) / (n * (n - 1))
-        kxy = torch.zeros(n, dtype=F64)
-        for w, m, S in zip(gm.weights, gm.means, gm.covs):
-            A = ell * ell * eye + S
-            diff = x - m
-            q = (diff @ torch.linalg.inv(A) * diff).sum(1)
-            kxy += w * ell**D / torch.sqrt(torch.linalg.det(A)) * torch.exp(-0.5 * q)
-        kyy = 0.0
-        for wj, mj, Sj in zip(gm.weights, gm.means, gm.covs):
-            for wk, mk, Sk in zip(gm.weights, gm.means, gm.covs):
-                A = ell * ell * eye + Sj + Sk
-                dm = mj - mk
-                kyy += wj * wk * ell**D / torch.sqrt(torch.linalg.det(A)) * torch.exp(-0.5 * dm @ torch.linalg.solve(A, dm))
-        total += float(kxx - 2 * kxy.mean() + kyy)
-    return total
+    """Unbiased MMD² to the mixture itself, in closed form (``GaussianMixture.mmd2``)."""
+    return gm.mmd2(x, KERNEL_WIDTHS)
 
 
 def _scale_variance(x: torch.Tensor, gm: GaussianMixture, factor: float) -> torch.Tensor:
