@@ -203,6 +203,9 @@ class OracleNetwork(torch.nn.Module):
     """Wraps a GaussianMixture as ``net(x_in, noise_label) -> output``, inverting the
     parameterization's input map so that it behaves exactly like a perfectly trained network."""
 
+    #: the oracle computes in float64: the denoiser feeds it the sampler's float64 state uncast
+    dtype = torch.float64
+
     def __init__(self, mixture: GaussianMixture, schedule: Schedule, parameterization):
         super().__init__()
         self.mixture, self.schedule, self.param = mixture, schedule, parameterization

@@ -38,8 +38,6 @@ alone; use x0, v, velocity or edm on schedules that reach α = 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -48,34 +46,35 @@ from diffusion_lab.schedules.base import Schedule, broadcast_like
 PARAMETERIZATIONS = ("eps", "x0", "score", "v", "velocity", "edm")
 
 
-@dataclass
-class Prediction:
-    """All views of one prediction at (x, t)."""
-
-    x0: Tensor
-    eps: Tensor
-    score: Tensor
-    v: Tensor
-    velocity: Tensor
-    #: improved-DDPM learned variance: the interpolation fraction ν ∈ [0, 1] with
-    #: log Σ = ν log β_t + (1 − ν) log β̃_t (Nichol & Dhariwal 2021, Eq. 15); None without it
-    var_interp: Tensor | None = None
-
-
-@dataclass
 class Coefficients:
-    """(α, σ, α̇, σ̇) at t, already broadcast against x."""
+    """(α, σ) at t, broadcast against x; (α̇, σ̇) computed on first use (only the velocity view and
+    the velocity parameterization need them, and some schedules differentiate by autograd)."""
 
-    alpha: Tensor
-    sigma: Tensor
-    alpha_dot: Tensor
-    sigma_dot: Tensor
+    __slots__ = ("alpha", "sigma", "_schedule", "_t", "_like", "_alpha_dot", "_sigma_dot")
+
+    def __init__(self, alpha: Tensor, sigma: Tensor, alpha_dot: Tensor | None = None, sigma_dot: Tensor | None = None,
+                 *, schedule: Schedule | None = None, t: Tensor | None = None, like: Tensor | None = None):
+        self.alpha, self.sigma = alpha, sigma
+        self._alpha_dot, self._sigma_dot = alpha_dot, sigma_dot
+        self._schedule, self._t, self._like = schedule, t, like
 
     @classmethod
     def at(cls, schedule: Schedule, t: Tensor, like: Tensor) -> "Coefficients":
         t = t.to(like.dtype) if like.is_floating_point() else t
-        a, s, ad, sd = schedule.coefficients(t)
-        return cls(*(broadcast_like(c, like) for c in (a, s, ad, sd)))
+        return cls(broadcast_like(schedule.alpha(t), like), broadcast_like(schedule.sigma(t), like),
+                   schedule=schedule, t=t, like=like)
+
+    @property
+    def alpha_dot(self) -> Tensor:
+        if self._alpha_dot is None:
+            self._alpha_dot = broadcast_like(self._schedule.alpha_dot(self._t), self._like)
+        return self._alpha_dot
+
+    @property
+    def sigma_dot(self) -> Tensor:
+        if self._sigma_dot is None:
+            self._sigma_dot = broadcast_like(self._schedule.sigma_dot(self._t), self._like)
+        return self._sigma_dot
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -87,7 +86,7 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 def to_x0_eps(kind: str, output: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
     """Solve for (x̂_0, ε̂) from a network output of the given kind (kind 'edm' excluded: see
     ``EDMPreconditioning.x0``)."""
-    a, s, ad, sd = c.alpha, c.sigma, c.alpha_dot, c.sigma_dot
+    a, s = c.alpha, c.sigma
     if kind == "eps":
         eps = output
         x0 = _safe_div(x - s * eps, a)
@@ -102,6 +101,7 @@ def to_x0_eps(kind: str, output: Tensor, x: Tensor, c: Coefficients) -> tuple[Te
         x0 = (a * x - s * output) / n
         eps = (s * x + a * output) / n
     elif kind == "velocity":
+        ad, sd = c.alpha_dot, c.sigma_dot
         det = sd * a - s * ad
         x0 = _safe_div(sd * x - s * output, det)
         eps = _safe_div(a * output - ad * x, det)
@@ -110,11 +110,62 @@ def to_x0_eps(kind: str, output: Tensor, x: Tensor, c: Coefficients) -> tuple[Te
     return x0, eps
 
 
-def from_x0_eps(x0: Tensor, eps: Tensor, c: Coefficients) -> Prediction:
-    """Every view of the prediction from (x̂_0, ε̂)."""
-    a, s, ad, sd = c.alpha, c.sigma, c.alpha_dot, c.sigma_dot
-    score = -_safe_div(eps, s)
-    return Prediction(x0=x0, eps=eps, score=score, v=a * eps - s * x0, velocity=ad * x0 + sd * eps)
+class Prediction:
+    """All views of one prediction at (x, t): x0, eps, score, v, velocity.
+
+    Built from (x̂_0, ε̂) — or from a network output and its kind, in which case the pair is solved
+    for on first use — and every other view computed on first access by its definition
+    (score = −ε̂/σ, v = α ε̂ − σ x̂_0, velocity = α̇ x̂_0 + σ̇ ε̂), then kept. A sampler that reads only
+    x̂_0 pays for nothing else.
+
+    ``var_interp``: improved DDPM's learned-variance fraction ν ∈ [0, 1] (see ``posterior``); None
+    for a model without learned variances.
+    """
+
+    VIEWS = ("x0", "eps", "score", "v", "velocity")
+
+    def __init__(self, c: Coefficients, *, x0: Tensor | None = None, eps: Tensor | None = None,
+                 output: tuple[str, Tensor, Tensor] | None = None, var_interp: Tensor | None = None):
+        if output is None and (x0 is None or eps is None):
+            raise ValueError("Prediction needs both x0 and eps, or a network output (kind, output, x).")
+        self.c = c
+        self._views: dict[str, Tensor] = {}
+        if x0 is not None and eps is not None:
+            self._views.update(x0=x0, eps=eps)
+        self._output = output
+        self.var_interp = var_interp
+
+    def _pair(self) -> None:
+        kind, out, x = self._output
+        self._views["x0"], self._views["eps"] = to_x0_eps(kind, out, x, self.c)
+
+    def _view(self, name: str) -> Tensor:
+        v = self._views.get(name)
+        if v is not None:
+            return v
+        if name in ("x0", "eps"):
+            self._pair()
+        elif name == "score":
+            self._views[name] = -_safe_div(self.eps, self.c.sigma)
+        elif name == "v":
+            self._views[name] = self.c.alpha * self.eps - self.c.sigma * self.x0
+        else:  # velocity
+            self._views[name] = self.c.alpha_dot * self.x0 + self.c.sigma_dot * self.eps
+        return self._views[name]
+
+    x0 = property(lambda self: self._view("x0"), doc="x̂_0 = E[x_0 | x_t]")
+    eps = property(lambda self: self._view("eps"), doc="ε̂ = (x − α x̂_0)/σ")
+    score = property(lambda self: self._view("score"), doc="ŝ = −ε̂/σ ≈ ∇ log p_t(x)")
+    v = property(lambda self: self._view("v"), doc="v̂ = α ε̂ − σ x̂_0")
+    velocity = property(lambda self: self._view("velocity"), doc="û = α̇ x̂_0 + σ̇ ε̂ = dx/dt of the PF-ODE")
+
+    def __repr__(self) -> str:
+        return f"Prediction(computed={sorted(self._views)}, learned_variance={self.var_interp is not None})"
+
+
+def from_x0_eps(x0: Tensor, eps: Tensor, c: Coefficients, var_interp: Tensor | None = None) -> Prediction:
+    """The prediction with the pair (x̂_0, ε̂); the other views follow on demand."""
+    return Prediction(c, x0=x0, eps=eps, var_interp=var_interp)
 
 
 def target(kind: str, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
@@ -127,9 +178,10 @@ def target(kind: str, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
 
 
 def convert(kind: str, output: Tensor, x: Tensor, c: Coefficients) -> Prediction:
-    """Turn a network output of ``kind`` at (x, t) into all views (exact formulas above)."""
-    x0, eps = to_x0_eps(kind, output, x, c)
-    return from_x0_eps(x0, eps, c)
+    """Read a network output of ``kind`` at (x, t) as a prediction (exact formulas above, on demand)."""
+    if kind not in PARAMETERIZATIONS or kind == "edm":
+        raise ValueError(f"unknown parameterization {kind!r}; choose one of {PARAMETERIZATIONS[:-1]}.")
+    return Prediction(c, output=(kind, output, x))
 
 
 class EDMPreconditioning:

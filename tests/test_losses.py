@@ -26,7 +26,8 @@ from diffusion_lab.losses import (
     VariationalBoundLoss,
     variational_bound,
 )
-from diffusion_lab.losses.vlb import discretized_gaussian_log_likelihood, posterior_coefficients
+from diffusion_lab.denoiser import Denoiser
+from diffusion_lab.losses.vlb import discretized_gaussian_log_likelihood, step_coefficients
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import PARAMETERIZATIONS, Coefficients, Parameterization, from_x0_eps
 from diffusion_lab.schedules import (
@@ -53,6 +54,11 @@ def _one_thread():
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def M(net, schedule, param, learned: bool = False) -> Denoiser:
+    """The model adapter the losses see (learned variances: the network's 2C channels)."""
+    return Denoiser(net, schedule, param, learned_variance=learned)
 
 
 def gaussian() -> GaussianMixture:
@@ -154,7 +160,7 @@ def test_dsm_call_matches_direct_computation():
     net = MLP().double()
     x0 = torch.randn(16, 2, generator=gen(0), dtype=torch.float64)
     loss = DenoisingScoreMatching("min_snr")
-    out = loss(net, x0, schedule, param, generator=gen(7))
+    out = loss(M(net, schedule, param), x0, generator=gen(7))
     g = gen(7)
     t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(16, generator=g, dtype=torch.float64)
     eps = torch.randn(16, 2, generator=g, dtype=torch.float64)
@@ -186,7 +192,7 @@ def test_score_matching_minus_dsm_is_a_constant(kind):
     diffs = []
     for A, b in THETAS:
         net = Linear(A, b)
-        d = sm(net, x0, schedule, param, generator=gen(3)).per_sample - dsm(net, x0, schedule, param, generator=gen(3)).per_sample
+        d = sm(M(net, schedule, param), x0, generator=gen(3)).per_sample - dsm(M(net, schedule, param), x0, generator=gen(3)).per_sample
         d = d.detach()
         se = d.std() / math.sqrt(N)
         assert abs(float(d.mean()) + 1.0) < 5 * se + 1e-9, (kind, float(d.mean()), float(se))
@@ -206,7 +212,7 @@ def test_dsm_minimizer_is_the_oracle_score():
 
     def closure():
         opt.zero_grad()
-        value = loss(net, x0, schedule, param, generator=gen(5)).loss
+        value = loss(M(net, schedule, param), x0, generator=gen(5)).loss
         value.backward()
         return value
 
@@ -224,9 +230,9 @@ def test_sliced_score_matching_equals_score_matching_in_expectation(distribution
     schedule, param, t, N = VPLinearSchedule(), Parameterization("eps"), 0.3, 40000
     x0 = gaussian().sample(N, gen(1))
     net = Linear(*THETAS[1])
-    sm = ScoreMatching(weighting="snr", time_sampler=FixedTime(t))(net, x0, schedule, param, generator=gen(2)).per_sample
+    sm = ScoreMatching(weighting="snr", time_sampler=FixedTime(t))(M(net, schedule, param), x0, generator=gen(2)).per_sample
     ssm = SlicedScoreMatching(weighting="snr", time_sampler=FixedTime(t), projections=2, distribution=distribution,
-                              variance_reduction=vr)(net, x0, schedule, param, generator=gen(2)).per_sample
+                              variance_reduction=vr)(M(net, schedule, param), x0, generator=gen(2)).per_sample
     d = (ssm - sm).detach()
     assert abs(float(d.mean())) < 5 * float(d.std()) / math.sqrt(N) + 1e-9
     if vr and distribution == "rademacher":
@@ -239,12 +245,12 @@ def test_score_matching_runs_in_evaluation_modes():
     net = MLP().double()
     x0 = gaussian().sample(64, gen(0))
     for loss in (ScoreMatching(), SlicedScoreMatching()):
-        ref = loss(net, x0, schedule, param, generator=gen(1)).per_sample.detach()
+        ref = loss(M(net, schedule, param), x0, generator=gen(1)).per_sample.detach()
         with torch.no_grad():
-            got = loss(net, x0, schedule, param, generator=gen(1))
+            got = loss(M(net, schedule, param), x0, generator=gen(1))
         torch.testing.assert_close(got.per_sample, ref)
         with torch.inference_mode():
-            got = loss(net, x0.clone(), schedule, param, generator=gen(1))
+            got = loss(M(net, schedule, param), x0.clone(), generator=gen(1))
         torch.testing.assert_close(got.per_sample, ref)
         assert not got.loss.requires_grad
 
@@ -289,9 +295,9 @@ def test_posterior_coefficients_match_ddpm_formulas():
         b, ab = schedule.betas, schedule.alphas_cumprod
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
         t = torch.arange(1, T + 1, dtype=torch.float32) / T  # float32 t, as in training
-        pc = posterior_coefficients(schedule, t)
-        torch.testing.assert_close(pc.coef_x0, ab_prev.sqrt() * b / (1 - ab), rtol=1e-9, atol=0)
-        torch.testing.assert_close(pc.coef_xt, (1 - b).sqrt() * (1 - ab_prev) / (1 - ab), rtol=1e-9, atol=0)
+        pc = step_coefficients(schedule, t)
+        torch.testing.assert_close(pc.posterior.coef_x0, ab_prev.sqrt() * b / (1 - ab), rtol=1e-9, atol=0)
+        torch.testing.assert_close(pc.posterior.coef_xt, (1 - b).sqrt() * (1 - ab_prev) / (1 - ab), rtol=1e-9, atol=0)
         torch.testing.assert_close(pc.log_beta, b.log(), rtol=1e-9, atol=0)
         bt = b * (1 - ab_prev) / (1 - ab)
         torch.testing.assert_close(pc.log_beta_tilde[1:], bt[1:].log(), rtol=1e-9, atol=0)
@@ -319,15 +325,15 @@ def test_variational_bound_matches_closed_form_kl_sums(variance):
     x0 = gaussian().sample(N, gen(0))
     for bias in (0.0, 0.3):
         net = Shifted(oracle, bias)
-        bound = variational_bound(net, x0, schedule, param, variance=variance, decoder="gaussian", generator=gen(1))
+        bound = variational_bound(M(net, schedule, param), x0, variance=variance, decoder="gaussian", generator=gen(1))
         terms, prior = closed_form_bound_bits(BETAS, variance, bias)
         torch.testing.assert_close(bound.total, bound.prior + bound.terms.sum(1))
         for got, expect in zip([*bound.terms.T, bound.prior], [*terms, prior]):
             se = float(got.std()) / math.sqrt(N)
             assert abs(float(got.mean()) - expect) < 5 * se + 1e-12, (bias, float(got.mean()), expect, se)
     # the exact posterior mean beats a perturbed one, sample by sample on common noise
-    exact = variational_bound(oracle, x0, schedule, param, variance=variance, decoder="gaussian", generator=gen(2)).total
-    worse = variational_bound(Shifted(oracle, 0.1), x0, schedule, param, variance=variance, decoder="gaussian", generator=gen(2)).total
+    exact = variational_bound(M(oracle, schedule, param), x0, variance=variance, decoder="gaussian", generator=gen(2)).total
+    worse = variational_bound(M(Shifted(oracle, 0.1), schedule, param), x0, variance=variance, decoder="gaussian", generator=gen(2)).total
     d = worse - exact
     assert float(d.mean()) > 5 * float(d.std()) / math.sqrt(N)
 
@@ -337,7 +343,7 @@ def test_vlb_training_estimator_is_unbiased_for_the_bound():
     schedule, param, N = DiscreteSchedule(BETAS), Parameterization("eps"), 40000
     x0 = gaussian().sample(N, gen(0))
     loss = VariationalBoundLoss(variance="small", decoder="gaussian", time_sampler="uniform")
-    out = loss(gaussian().network(schedule, param), x0, schedule, param, generator=gen(4))
+    out = loss(M(gaussian().network(schedule, param), schedule, param), x0, generator=gen(4))
     est = out.per_sample.mean() + out.logs["vlb_prior_bpd"]
     se = float(out.per_sample.std()) / math.sqrt(N)
     terms, prior = closed_form_bound_bits(BETAS, "small")
@@ -351,8 +357,8 @@ def test_learned_variance_interpolates_between_small_and_large():
     x0 = gaussian().sample(256, gen(0))
     for v, fixed in ((-1.0, "small"), (1.0, "large")):
         net = lambda x, lab, v=v: torch.cat([oracle(x, lab), torch.full_like(x, v)], dim=1)  # noqa: E731
-        learned = VariationalBoundLoss("learned", "gaussian", "uniform")(net, x0, schedule, param, generator=gen(3))
-        ref = VariationalBoundLoss(fixed, "gaussian", "uniform")(oracle, x0, schedule, param, generator=gen(3))
+        learned = VariationalBoundLoss("learned", "gaussian", "uniform")(M(net, schedule, param, True), x0, generator=gen(3))
+        ref = VariationalBoundLoss(fixed, "gaussian", "uniform")(M(oracle, schedule, param), x0, generator=gen(3))
         torch.testing.assert_close(learned.per_sample, ref.per_sample)
 
 
@@ -370,7 +376,7 @@ def test_hybrid_stops_the_vlb_gradient_on_the_mean():
         return out
 
     hybrid = HybridLoss(vlb_weight=0.5, decoder="gaussian")
-    hybrid(net, x0, schedule, param, generator=gen(1)).loss.backward()
+    hybrid(M(net, schedule, param, True), x0, generator=gen(1)).loss.backward()
     g_hybrid = captured["out"].grad.clone()
 
     def pred_only(x, lab):
@@ -379,7 +385,7 @@ def test_hybrid_stops_the_vlb_gradient_on_the_mean():
         captured["pred"] = out
         return out
 
-    DenoisingScoreMatching("simple")(pred_only, x0, schedule, param, generator=gen(1)).loss.backward()
+    DenoisingScoreMatching("simple")(M(pred_only, schedule, param), x0, generator=gen(1)).loss.backward()
     torch.testing.assert_close(g_hybrid[:, :2], captured["pred"].grad)  # mean: L_simple only
     assert g_hybrid[:, 2:].abs().sum() > 0  # variance: trained by L_vlb
 
@@ -408,11 +414,11 @@ def test_losses_on_image_batches():
     net = lambda x, lab: conv(x)  # noqa: E731
     for loss in (HybridLoss(), VariationalBoundLoss(), DenoisingScoreMatching("min_snr"), SlicedScoreMatching()):
         model = net if loss.learned_variance else (lambda x, lab: conv(x)[:, :2])
-        out = loss(model, x0, schedule, param, generator=gen(1))
+        out = loss(M(model, schedule, param, loss.learned_variance), x0, generator=gen(1))
         out.loss.backward()
         assert out.per_sample.shape == (3,) and torch.isfinite(out.loss) and conv.weight.grad.abs().sum() > 0
         conv.zero_grad()
-    bound = variational_bound(net, x0, schedule, param, variance="learned", generator=gen(2))
+    bound = variational_bound(M(net, schedule, param, True), x0, variance="learned", generator=gen(2))
     assert bound.terms.shape == (3, 50) and torch.isfinite(bound.total).all() and (bound.terms >= 0).all()
 
 
@@ -458,9 +464,9 @@ def test_loss_feeds_importance_history_in_training_only():
     net = MLP().double()
     x0 = gaussian().sample(32, gen(0))
     with torch.no_grad():
-        loss(net, x0, schedule, param, generator=gen(1))
+        loss(M(net, schedule, param), x0, generator=gen(1))
     assert int(loss.time_sampler.counts().sum()) == 0
-    out = loss(net, x0, schedule, param, generator=gen(1))
+    out = loss(M(net, schedule, param), x0, generator=gen(1))
     assert int(loss.time_sampler.counts().sum()) == 32
     i = torch.round(out.t * 50).long() - 1
     assert torch.isin(out.per_sample.detach(), loss.time_sampler.history_values()[i]).all()
@@ -517,13 +523,16 @@ def test_validate_rejects_incompatible_choices():
     with pytest.raises(ValueError, match="unknown loss.weighting 'snrr'"):
         DenoisingScoreMatching("snrr")
     with pytest.raises(ValueError, match="D=64 > loss.max_dim=16; use loss=sliced_score_matching"):
-        ScoreMatching(max_dim=16)(MLP(out=64), torch.zeros(2, 64), vp, eps)
+        ScoreMatching(max_dim=16)(M(MLP(out=64), vp, eps), torch.zeros(2, 64))
+    ddpm10 = DDPMLinearSchedule(10, scale_with_T=False)
     with pytest.raises(ValueError, match="decoder=discretized needs data in \\[-1, 1\\]"):
-        VariationalBoundLoss()(MLP(out=4), torch.full((2, 2), 3.0), DDPMLinearSchedule(10, scale_with_T=False), eps)
-    with pytest.raises(ValueError, match="needs a learned-variance model|learned-variance model needs loss=hybrid"):
-        DenoisingScoreMatching()(MLP(out=4), torch.zeros(2, 2), vp, eps)
+        VariationalBoundLoss()(M(MLP(out=4), ddpm10, eps, True), torch.full((2, 2), 3.0))
+    with pytest.raises(ValueError, match="learned-variance network needs a loss with learned variances"):
+        DenoisingScoreMatching()(M(MLP(out=4), vp, eps), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="loss=hybrid trains variances but the model has learned_variance=False"):
+        HybridLoss(decoder="gaussian")(M(MLP(out=2), ddpm10, eps), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="must output \\(2, 4\\)"):
-        HybridLoss(decoder="gaussian")(MLP(out=2), torch.zeros(2, 2), DDPMLinearSchedule(10, scale_with_T=False), eps)
+        HybridLoss(decoder="gaussian")(M(MLP(out=2), ddpm10, eps, True), torch.zeros(2, 2))
     # the compatible choices pass
     HybridLoss().validate(DDPMLinearSchedule(10, scale_with_T=False), eps)
     RectifiedFlowLoss().validate(RectifiedFlowSchedule(), Parameterization("velocity"))
@@ -573,14 +582,14 @@ def test_tiny_mlp_training_decreases_each_loss(name):
     eval_loss = copy.deepcopy(loss)
 
     def evaluate() -> float:
-        return float(copy.deepcopy(eval_loss)(net, data, schedule, param, generator=gen(123)).loss.detach())
+        return float(copy.deepcopy(eval_loss)(M(net, schedule, param, loss.learned_variance), data, generator=gen(123)).loss.detach())
 
     before = evaluate()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = gen(1)
     for step in range(250):
         idx = torch.randint(0, data.shape[0], (256,), generator=g)
-        out = loss(net, data[idx], schedule, param, generator=g)
+        out = loss(M(net, schedule, param, loss.learned_variance), data[idx], generator=g)
         opt.zero_grad()
         out.loss.backward()
         opt.step()

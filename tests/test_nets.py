@@ -153,7 +153,7 @@ def test_unet_accepts_scalar_label_and_rejects_bad_sizes():
 
 
 def test_learned_variance_head_through_denoiser():
-    from diffusion_lab.samplers.denoiser import Denoiser
+    from diffusion_lab.denoiser import Denoiser
     from diffusion_lab.schedules.discrete import DDPMLinearSchedule
 
     model = randomize_(tiny_unet(learned_variance=True, scale_shift_norm=True)).eval()

@@ -12,7 +12,7 @@ import torch
 
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import PARAMETERIZATIONS, Coefficients, Parameterization, convert
-from diffusion_lab.samplers.denoiser import Denoiser
+from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.schedules import VPLinearSchedule
 from schedule_cases import F64, PLAIN, SCHEDULES
 SOME = ["vp", "ddpm", "ve", "edm", "rectified_flow", "cosine"]

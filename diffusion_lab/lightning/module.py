@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from diffusion_lab.lightning.ema import EMA
 from diffusion_lab.parameterization import Parameterization
-from diffusion_lab.samplers import Denoiser, Sampler, SampleResult
+from diffusion_lab.denoiser import Denoiser
+from diffusion_lab.samplers import Sampler, SampleResult
 from diffusion_lab.schedules.base import Schedule
 
 
@@ -56,6 +57,9 @@ class DiffusionModule(pl.LightningModule):
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_net = torch.compile(self.net) if compile else self.net
+        # the model adapter the loss sees (the compiled network when fast.compile is on)
+        self.learned_variance = bool(getattr(net, "learned_variance", False))
+        self.train_model = Denoiser(self.train_net, schedule, parameterization, learned_variance=self.learned_variance)
         # The training noise (t and ε) comes from this generator, seeded with seed + rank; its state
         # travels in the checkpoint so a resumed run draws exactly what the uninterrupted run drew.
         self.seed = int(seed)
@@ -93,8 +97,7 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, net_kwargs = self._images(batch)
-        out = self.loss(self.train_net, x0, self.schedule, self.parameterization, generator=self.noise_generator,
-                        net_kwargs=net_kwargs)
+        out = self.loss(self.train_model, x0, generator=self.noise_generator, net_kwargs=net_kwargs)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(
                 f"train/loss is {float(out.loss)} at step {self.global_step} (epoch {self.current_epoch}); training "
@@ -112,7 +115,7 @@ class DiffusionModule(pl.LightningModule):
         x0, net_kwargs = self._images(batch)
         # fixed noise per batch: comparable across epochs, and no draw from the training generators
         g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        out = self.loss(self.net, x0, self.schedule, self.parameterization, generator=g, net_kwargs=net_kwargs)
+        out = self.loss(self.denoiser(use_ema=False), x0, generator=g, net_kwargs=net_kwargs)
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -167,9 +170,9 @@ class DiffusionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, use_ema: bool = True, guidance=None) -> Denoiser:
+        """The model adapter over the EMA (or the raw) weights."""
         net = self.ema.net if use_ema else self.net
-        return Denoiser(net, self.schedule, self.parameterization, guidance=guidance,
-                        learned_variance=bool(getattr(self.loss, "learned_variance", False)))
+        return Denoiser(net, self.schedule, self.parameterization, guidance=guidance, learned_variance=self.learned_variance)
 
     @torch.no_grad()
     def generate(self, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,

@@ -1,8 +1,8 @@
 """Training objectives and time sampling (plain PyTorch; no Lightning or Hydra).
 
-Every loss implements ``Loss`` (``base``): ``loss(net, x0, schedule, parameterization, *, generator,
-net_kwargs) -> LossOutput``, ``validate(schedule, parameterization)``, ``state_dict``. Configs live in
-``conf/loss/``.
+Every loss implements ``Loss`` (``base``): ``loss(model, x0, *, generator, net_kwargs) -> LossOutput``
+with ``model`` the model adapter (``diffusion_lab.denoiser.Denoiser``), ``validate(schedule,
+parameterization)``, ``state_dict``. Configs live in ``conf/loss/``.
 
 * ``DenoisingScoreMatching`` (``dsm``): any parameterization, weightings simple / likelihood / snr /
   min_snr / edm / per-space MSE, written once in x_0 space (``weighting``).

@@ -1,15 +1,15 @@
 """The loss interface every training objective implements, and the steps they share.
 
-    loss(net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput
+    loss(model, x0, *, generator=None, net_kwargs=None) -> LossOutput
 
-draws t with the loss's time sampler (``time_sampling``), ε ~ N(0, I), forms
-x_t = α(t) x_0 + σ(t) ε (data at t=0, see ``schedules.base``), runs the network as
-``net(*parameterization.net_inputs(x_t, t, schedule), **net_kwargs)`` and scores its output.
+where ``model`` is the model adapter (``diffusion_lab.denoiser.Denoiser``: network, schedule,
+parameterization, learned variance), draws t with the loss's time sampler (``time_sampling``),
+ε ~ N(0, I), forms x_t = α(t) x_0 + σ(t) ε (data at t=0, see ``schedules.base``), takes the network's
+raw output ``model.output(x_t, t)`` (or its reading ``model.read``) and scores it.
 ``LossOutput.loss`` is the mean over the batch of (importance weight) × (per-sample loss).
 
-``learned_variance``: the network outputs 2C channels along dim 1, the prediction then the
-variance interpolation v ∈ [−1, 1] (Nichol & Dhariwal 2021, Eq. 15; same split as
-``samplers.denoiser.Denoiser``).
+``learned_variance``: the loss trains variances, so the model must have them (the adapter splits
+the network's 2C channels; Nichol & Dhariwal 2021, Eq. 15).
 
 ``validate(schedule, parameterization)`` raises ValueError with one sentence naming the offending
 config keys; it runs once automatically on the first call. ``state_dict`` holds plain tensors and
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.losses.time_sampling import TimeSampler, make_time_sampler
 from diffusion_lab.parameterization import Parameterization
 from diffusion_lab.schedules.base import Schedule
@@ -55,23 +56,6 @@ def gaussian_noise(x0: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
 
 
-def split_output(out: Tensor, x0: Tensor, learned_variance: bool, loss_name: str) -> tuple[Tensor, Tensor | None]:
-    """(prediction, raw variance output or None), checking the network's output shape."""
-    if learned_variance:
-        expect = (x0.shape[0], 2 * x0.shape[1], *x0.shape[2:])
-        if tuple(out.shape) != expect:
-            raise ValueError(
-                f"loss={loss_name} learns variances, so the network must output {expect} (prediction then variance "
-                f"channels along dim 1), got {tuple(out.shape)}; set model out_channels to twice the data channels."
-            )
-        pred, raw = out.chunk(2, dim=1)
-        return pred, raw
-    if out.shape != x0.shape:
-        hint = " (a learned-variance model needs loss=hybrid or loss=vlb with variance=learned)" if out.dim() == x0.dim() and out.shape[1] == 2 * x0.shape[1] else ""
-        raise ValueError(f"loss={loss_name}: network output shape {tuple(out.shape)} differs from the data shape {tuple(x0.shape)}{hint}.")
-    return out, None
-
-
 class Loss:
     """Base class of all training objectives (see the module docstring)."""
 
@@ -85,16 +69,8 @@ class Loss:
         self._validated: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ interface
-    def __call__(
-        self,
-        net,
-        x0: Tensor,
-        schedule: Schedule,
-        parameterization: Parameterization,
-        *,
-        generator: torch.Generator | None = None,
-        net_kwargs: dict | None = None,
-    ) -> LossOutput:
+    def __call__(self, model: Denoiser, x0: Tensor, *, generator: torch.Generator | None = None,
+                 net_kwargs: dict | None = None) -> LossOutput:
         raise NotImplementedError
 
     def validate(self, schedule: Schedule, parameterization: Parameterization) -> None:
@@ -108,10 +84,14 @@ class Loss:
         self.time_sampler.load_state_dict(state.get("time_sampler", {}))
 
     # ------------------------------------------------------------------ shared steps
-    def _check(self, schedule: Schedule, parameterization: Parameterization) -> None:
-        key = (id(schedule), id(parameterization))
+    def _check(self, model: Denoiser) -> None:
+        key = (id(model.schedule), id(model.parameterization))
         if self._validated != key:
-            self.validate(schedule, parameterization)
+            self.validate(model.schedule, model.parameterization)
+            if self.learned_variance != model.learned_variance:
+                raise ValueError(
+                    f"loss={self.name} {'trains' if self.learned_variance else 'does not train'} variances but the model "
+                    f"has learned_variance={model.learned_variance}; set model.learned_variance={self.learned_variance}.")
             self._validated = key
 
     def _draw(self, x0: Tensor, schedule: Schedule, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -121,11 +101,6 @@ class Loss:
         eps = gaussian_noise(x0, generator)
         x_t = schedule.add_noise(x0, eps, t)
         return t, w, eps, x_t
-
-    @staticmethod
-    def _run(net, x_t: Tensor, t: Tensor, schedule: Schedule, parameterization: Parameterization, net_kwargs: dict | None) -> Tensor:
-        x_in, label = parameterization.net_inputs(x_t, t, schedule)
-        return net(x_in, label, **(net_kwargs or {}))
 
     def _finish(self, per_sample: Tensor, weight: Tensor, t: Tensor, logs: dict[str, float]) -> LossOutput:
         """Weighted batch mean. Feeds the (unweighted) per-sample values to the time sampler, only

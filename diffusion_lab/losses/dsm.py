@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion_lab.losses.base import Loss, LossOutput, mean_flat, schedule_name, split_output
+from diffusion_lab.losses.base import Loss, LossOutput, mean_flat, schedule_name
 from diffusion_lab.losses.time_sampling import TimeSampler
 from diffusion_lab.losses.weighting import WEIGHTINGS, param_space, target_multiplier
 from diffusion_lab.parameterization import Parameterization
@@ -90,12 +90,12 @@ class DenoisingScoreMatching(Loss):
         mse = mean_flat((pred.to(dtype) - target.to(dtype)) ** 2)
         return self.multiplier(schedule, parameterization, t).to(mse.dtype) * mse
 
-    def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:
-        self._check(schedule, parameterization)
+    def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
+        self._check(model)
+        schedule, parameterization = model.schedule, model.parameterization
         t, w, eps, x_t = self._draw(x0, schedule, generator)
-        out = self._run(net, x_t, t, schedule, parameterization, net_kwargs)
-        pred, _ = split_output(out, x0, False, self.name)
-        per_sample = self.regression(pred, x0, eps, t, schedule, parameterization)
+        out = model.output(x_t, t, **(net_kwargs or {}))
+        per_sample = self.regression(out.prediction, x0, eps, t, schedule, parameterization)
         return self._finish(per_sample, w, t, {})
 
     def __repr__(self) -> str:

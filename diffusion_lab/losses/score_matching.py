@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion_lab.losses.base import Loss, LossOutput, split_output
+from diffusion_lab.losses.base import Loss, LossOutput
 from diffusion_lab.losses.time_sampling import TimeSampler
 from diffusion_lab.losses.weighting import WEIGHTINGS, param_space, target_multiplier
 from diffusion_lab.parameterization import Parameterization
@@ -50,13 +50,11 @@ class _ScoreObjective(Loss):
         return target_multiplier(self.weighting, schedule, parameterization, t, min_snr_gamma=self.min_snr_gamma,
                                  sigma_data=0.5 if sd is None else sd, space="score")
 
-    def _score(self, net, x0, schedule, parameterization, generator, net_kwargs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _score(self, model, x0, generator, net_kwargs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(t, importance weight, x_t requiring grad, ŝ(x_t, t) flattened to (B, D))."""
-        t, w, _, x_t = self._draw(x0, schedule, generator)
+        t, w, _, x_t = self._draw(x0, model.schedule, generator)
         x = x_t.detach().requires_grad_(True)
-        out = self._run(net, x, t, schedule, parameterization, net_kwargs)
-        pred, _ = split_output(out, x0, False, self.name)
-        score = parameterization.predict(pred, x, t, schedule).score
+        score = model.read(model.output(x, t, **(net_kwargs or {})), x, t).score
         return t, w, x, score.reshape(score.shape[0], -1)
 
     @staticmethod
@@ -82,8 +80,9 @@ class ScoreMatching(_ScoreObjective):
         super().__init__(weighting, time_sampler, min_snr_gamma, sigma_data)
         self.max_dim = int(max_dim)
 
-    def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:
-        self._check(schedule, parameterization)
+    def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
+        self._check(model)
+        schedule, parameterization = model.schedule, model.parameterization
         D = x0[0].numel()
         if D > self.max_dim:
             raise ValueError(
@@ -93,7 +92,7 @@ class ScoreMatching(_ScoreObjective):
         create_graph = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad():  # ∇_x is needed even in evaluation
             x0 = x0.clone() if x0.is_inference() else x0
-            t, w, x, s = self._score(net, x0, schedule, parameterization, generator, net_kwargs)
+            t, w, x, s = self._score(model, x0, generator, net_kwargs)
             trace = torch.zeros_like(s[:, 0])
             for j in range(D):
                 trace = trace + self._grad(s[:, j].sum(), x, create_graph)[:, j]
@@ -128,12 +127,13 @@ class SlicedScoreMatching(_ScoreObjective):
             v = torch.randint(0, 2, shape, generator=generator, device=dev).to(like.dtype) * 2 - 1
         return v.to(like.device)
 
-    def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:
-        self._check(schedule, parameterization)
+    def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
+        self._check(model)
+        schedule, parameterization = model.schedule, model.parameterization
         create_graph = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad():  # ∇_x is needed even in evaluation
             x0 = x0.clone() if x0.is_inference() else x0
-            t, w, x, s = self._score(net, x0, schedule, parameterization, generator, net_kwargs)
+            t, w, x, s = self._score(model, x0, generator, net_kwargs)
             B, D = s.shape
             v = self._directions((self.projections, B, D), s, generator)
             jac_terms, sq_terms = [], []

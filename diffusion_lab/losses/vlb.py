@@ -50,73 +50,40 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffusion_lab.losses.base import Loss, LossOutput, gaussian_noise, mean_flat, schedule_name, split_output
+from diffusion_lab.denoiser import Denoiser, NetOutput
+from diffusion_lab.losses.base import Loss, LossOutput, gaussian_noise, mean_flat, schedule_name
 from diffusion_lab.losses.dsm import DenoisingScoreMatching
 from diffusion_lab.losses.time_sampling import TimeSampler, grid_index, is_discrete
 from diffusion_lab.parameterization import Parameterization
+from diffusion_lab.posterior import VARIANCES, Posterior, log_variance, posterior
 from diffusion_lab.schedules.base import Schedule, broadcast_like
 
-VARIANCES = ("small", "large", "learned")
 DECODERS = ("discretized", "gaussian")
 LN2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------------------------- chain coefficients
 @dataclass
-class PosteriorCoefficients:
-    """Per-sample float64 coefficients of step i (shape (B,))."""
+class StepCoefficients:
+    """Step i of the chain, per sample (shape (B,), float64): q(x_{i−1} | x_i, x_0) and the fixed
+    variances, with log β̃_1 (= −∞) clipped to log β̃_2 as improved DDPM does."""
 
-    coef_xt: Tensor  # a_i σ_{i−1}²/σ_i²
-    coef_x0: Tensor  # α_{i−1} β_i/σ_i²
-    log_beta: Tensor  # log β_i
-    log_beta_tilde: Tensor  # log β̃_i, clipped to log β̃_2 at i = 1
+    posterior: Posterior
+    log_beta: Tensor
+    log_beta_tilde: Tensor
     is_first: Tensor  # i == 1 (bool)
 
 
-def _alpha_sigma_at(schedule: Schedule, i: Tensor, T: int) -> tuple[Tensor, Tensor]:
-    """(α_i, σ_i) in float64, with α_0 = 1, σ_0 = 0."""
-    zero = i == 0
-    t = i.clamp(min=1).to(torch.float64) / T
-    a = torch.where(zero, torch.ones_like(t), schedule.alpha(t).to(torch.float64))
-    s = torch.where(zero, torch.zeros_like(t), schedule.sigma(t).to(torch.float64))
-    return a, s
-
-
-def _step(schedule: Schedule, i: Tensor, T: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(coef_xt, coef_x0, β_i, β̃_i) of step i ≥ 1."""
-    a_i, s_i = _alpha_sigma_at(schedule, i, T)
-    a_p, s_p = _alpha_sigma_at(schedule, i - 1, T)
-    ratio = a_i / a_p
-    beta = s_i**2 - ratio**2 * s_p**2
-    coef_xt = ratio * s_p**2 / s_i**2
-    coef_x0 = a_p * beta / s_i**2
-    beta_tilde = beta * s_p**2 / s_i**2
-    return coef_xt, coef_x0, beta, beta_tilde
-
-
-def posterior_coefficients(schedule: Schedule, t: Tensor) -> PosteriorCoefficients:
-    """Coefficients of q(x_{i−1} | x_i, x_0) and the fixed variances at i = round(t·T)."""
+def step_coefficients(schedule: Schedule, t: Tensor) -> StepCoefficients:
+    """The coefficients of step i = round(t·T) → i − 1 (``diffusion_lab.posterior``, s = (i−1)/T)."""
     T = schedule.num_timesteps
-    i = grid_index(t, T)
-    coef_xt, coef_x0, beta, beta_tilde = _step(schedule, i, T)
-    _, _, _, beta_tilde_2 = _step(schedule, torch.full_like(i, 2), T)
+    i = grid_index(t, T).to(torch.float64)
+    q = posterior(schedule, i / T, (i - 1) / T)
+    two = torch.full_like(i, 2.0)
+    beta_tilde_2 = posterior(schedule, two / T, (two - 1) / T).beta_tilde
     first = i == 1
-    log_bt = torch.log(torch.where(first, beta_tilde_2, beta_tilde))
-    return PosteriorCoefficients(coef_xt, coef_x0, torch.log(beta), log_bt, first)
-
-
-def model_log_variance(pc: PosteriorCoefficients, variance: str, var_out: Tensor | None, like: Tensor) -> Tensor:
-    """log Σ_i broadcast against ``like`` (float64)."""
-    lb = broadcast_like(pc.log_beta, like.to(torch.float64))
-    lbt = broadcast_like(pc.log_beta_tilde, like.to(torch.float64))
-    if variance == "small":
-        return lbt.expand_as(like)
-    if variance == "large":
-        return lb.expand_as(like)
-    if var_out is None:
-        raise ValueError("variance=learned needs the network's variance output.")
-    nu = (var_out.to(torch.float64) + 1.0) / 2.0
-    return nu * lb + (1.0 - nu) * lbt
+    log_bt = torch.log(torch.where(first, beta_tilde_2, q.beta_tilde))
+    return StepCoefficients(q, torch.log(q.beta), log_bt, first)
 
 
 # ---------------------------------------------------------------------------------- densities
@@ -168,7 +135,7 @@ def prior_kl_bits(x0: Tensor, schedule: Schedule) -> Tensor:
 
 def vlb_term_bits(
     x0_hat: Tensor,
-    var_out: Tensor | None,
+    var_interp: Tensor | None,
     x0: Tensor,
     x_t: Tensor,
     t: Tensor,
@@ -178,21 +145,23 @@ def vlb_term_bits(
     decoder: str = "discretized",
 ) -> Tensor:
     """Per-sample bits/dim of the bound term at i = round(t·T): the decoder NLL −log p(x_0|x_1) at
-    i = 1, KL(q(x_{i−1}|x_i,x_0) ‖ p(x_{i−1}|x_i)) for i ≥ 2 (see the module docstring). Shape (B,)."""
-    pc = posterior_coefficients(schedule, t)
+    i = 1, KL(q(x_{i−1}|x_i,x_0) ‖ p(x_{i−1}|x_i)) for i ≥ 2 (see the module docstring). Shape (B,).
+    ``var_interp``: the learned-variance fraction ν of the model's prediction (variance="learned")."""
+    sc = step_coefficients(schedule, t)
     x0d, xtd, x0h = x0.to(torch.float64), x_t.to(torch.float64), x0_hat.to(torch.float64)
-    cxt, cx0 = broadcast_like(pc.coef_xt, xtd), broadcast_like(pc.coef_x0, xtd)
-    mu_true = cxt * xtd + cx0 * x0d
-    mu_model = cxt * xtd + cx0 * x0h
-    logvar_model = model_log_variance(pc, variance, var_out, xtd)
-    logvar_true = broadcast_like(pc.log_beta_tilde, xtd).expand_as(xtd)
+    mu_true = sc.posterior.mean(xtd, x0d)
+    mu_model = sc.posterior.mean(xtd, x0h)
+    nu = None if var_interp is None else var_interp.to(torch.float64)
+    logvar_model = log_variance(variance, broadcast_like(sc.log_beta, xtd), broadcast_like(sc.log_beta_tilde, xtd),
+                                nu).expand_as(xtd)
+    logvar_true = broadcast_like(sc.log_beta_tilde, xtd).expand_as(xtd)
     kl = mean_flat(gaussian_kl(mu_true, logvar_true, mu_model, logvar_model)) / LN2
     if decoder == "discretized":
         ll = discretized_gaussian_log_likelihood(x0d, mu_model, 0.5 * logvar_model)
     else:
         ll = gaussian_log_density(x0d, mu_model, logvar_model)
     nll = -mean_flat(ll) / LN2
-    return torch.where(pc.is_first, nll, kl)
+    return torch.where(sc.is_first, nll, kl)
 
 
 def _check_decoder_data(x0: Tensor, decoder: str, loss_name: str) -> None:
@@ -244,14 +213,13 @@ class VariationalBoundLoss(Loss):
         _validate_discrete(self.name, schedule, what)
         super().validate(schedule, parameterization)
 
-    def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:
-        self._check(schedule, parameterization)
+    def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
+        self._check(model)
+        schedule = model.schedule
         _check_decoder_data(x0, self.decoder, self.name)
         t, w, _, x_t = self._draw(x0, schedule, generator)
-        out = self._run(net, x_t, t, schedule, parameterization, net_kwargs)
-        pred, raw = split_output(out, x0, self.learned_variance, self.name)
-        x0_hat = parameterization.predict(pred, x_t, t, schedule).x0
-        term = vlb_term_bits(x0_hat, raw, x0, x_t, t, schedule, variance=self.variance, decoder=self.decoder)
+        pred = model.read(model.output(x_t, t, **(net_kwargs or {})), x_t, t)
+        term = vlb_term_bits(pred.x0, pred.var_interp, x0, x_t, t, schedule, variance=self.variance, decoder=self.decoder)
         per_sample = (schedule.num_timesteps * term).to(x0.dtype)
         prior = prior_kl_bits(x0, schedule)
         return self._finish(per_sample, w, t, {"vlb_prior_bpd": float(prior.mean())})
@@ -290,15 +258,16 @@ class HybridLoss(Loss):
         _validate_discrete(self.name, schedule, "(learned variances)")
         self.simple.validate(schedule, parameterization)
 
-    def __call__(self, net, x0, schedule, parameterization, *, generator=None, net_kwargs=None) -> LossOutput:
-        self._check(schedule, parameterization)
+    def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
+        self._check(model)
+        schedule, parameterization = model.schedule, model.parameterization
         _check_decoder_data(x0, self.decoder, self.name)
         t, w, eps, x_t = self._draw(x0, schedule, generator)
-        out = self._run(net, x_t, t, schedule, parameterization, net_kwargs)
-        pred, raw = split_output(out, x0, True, self.name)
-        l_simple = self.simple.regression(pred, x0, eps, t, schedule, parameterization)
-        x0_hat = parameterization.predict(pred.detach(), x_t, t, schedule).x0  # stop-gradient on the mean
-        term = vlb_term_bits(x0_hat, raw, x0, x_t, t, schedule, variance="learned", decoder=self.decoder)
+        out = model.output(x_t, t, **(net_kwargs or {}))
+        l_simple = self.simple.regression(out.prediction, x0, eps, t, schedule, parameterization)
+        # stop-gradient on the mean: L_vlb trains only the variances
+        pred = model.read(NetOutput(out.prediction.detach(), out.var_raw), x_t, t)
+        term = vlb_term_bits(pred.x0, pred.var_interp, x0, x_t, t, schedule, variance="learned", decoder=self.decoder)
         l_vlb = (schedule.num_timesteps * term).to(l_simple.dtype)
         per_sample = l_simple + self.vlb_weight * l_vlb
         logs = {"l_simple": float(l_simple.detach().mean()), "l_vlb_bpd": float(l_vlb.detach().mean())}
@@ -322,10 +291,8 @@ class VariationalBound:
 
 @torch.no_grad()
 def variational_bound(
-    net,
+    model: Denoiser,
     x0: Tensor,
-    schedule: Schedule,
-    parameterization: Parameterization,
     *,
     variance: str = "small",
     decoder: str = "discretized",
@@ -333,7 +300,8 @@ def variational_bound(
     net_kwargs: dict | None = None,
 ) -> VariationalBound:
     """Evaluate L_T + Σ_{i=2}^{T} L_{i−1} + L_0 for each example (one fresh x_i per term; T network
-    calls). ``variance="learned"`` reads the variance from the network's last C channels."""
+    calls). ``variance="learned"`` reads the variance from the model's learned-variance output."""
+    schedule = model.schedule
     _validate_discrete("vlb", schedule, "(variational_bound)")
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
@@ -347,10 +315,7 @@ def variational_bound(
         t = torch.full((B,), i / T, dtype=x0.dtype, device=x0.device)
         eps = gaussian_noise(x0, generator)
         x_t = schedule.add_noise(x0, eps, t)
-        x_in, label = parameterization.net_inputs(x_t, t, schedule)
-        out = net(x_in, label, **(net_kwargs or {}))
-        pred, raw = split_output(out, x0, variance == "learned", "vlb")
-        x0_hat = parameterization.predict(pred, x_t, t, schedule).x0
-        terms[:, i - 1] = vlb_term_bits(x0_hat, raw, x0, x_t, t, schedule, variance=variance, decoder=decoder)
+        pred = model.read(model.output(x_t, t, **(net_kwargs or {})), x_t, t)
+        terms[:, i - 1] = vlb_term_bits(pred.x0, pred.var_interp, x0, x_t, t, schedule, variance=variance, decoder=decoder)
     prior = prior_kl_bits(x0, schedule)
     return VariationalBound(total=prior + terms.sum(1), terms=terms, prior=prior)

@@ -1,9 +1,10 @@
-"""Samplers: one module per family, sharing the time grid (``grids``), the denoiser with its NFE
-counter (``denoiser``) and the registry/runner (``base``). Importing this package registers every
+"""Samplers: one module per family, sharing the time grid (``grids``) and the registry/runner
+(``base``); each sees the model through the adapter ``diffusion_lab.denoiser.Denoiser`` (re-exported
+here), which counts the NFE. Importing this package registers every
 family; ``Sampler(name, steps=..., grid=..., **options)`` runs one."""
 
 from diffusion_lab.samplers.base import SAMPLERS, Sampler, SampleResult, register
-from diffusion_lab.samplers.denoiser import CountingNetwork, Denoiser
+from diffusion_lab.denoiser import CountingNetwork, Denoiser
 from diffusion_lab.samplers.grids import GRIDS, time_grid
 
 # Sampler families (each registers itself on import).

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffusion_lab.samplers.denoiser import DenoiserLike
+from diffusion_lab.denoiser import DenoiserLike
 from diffusion_lab.samplers.grids import time_grid
 
 SamplerFn = Callable[..., Tensor]

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.base import progress_steps, register
-from diffusion_lab.samplers.ddpm import transition
+from diffusion_lab.posterior import transition
 from diffusion_lab.samplers.exponential import is_terminal
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "none")
@@ -71,9 +71,7 @@ def euler_maruyama_step(schedule, x: Tensor, score: Tensor, t: Tensor, s: Tensor
 def reverse_diffusion_step(schedule, x: Tensor, score: Tensor, t: Tensor, s: Tensor,
                            generator: torch.Generator | None = None) -> Tensor:
     """x_s = x_t − (α_{t|s} − 1) x_t + σ_{t|s}² ŝ + σ_{t|s} z (score SDE's reverse-diffusion predictor)."""
-    a_ts, r = transition(schedule, t, s)
-    s_t = schedule.sigma(t)
-    G2 = r * s_t * s_t
+    a_ts, G2 = transition(schedule, t, s)
     z = _randn_like(x, generator)
     return (2.0 - a_ts) * x + G2 * score + torch.sqrt(G2) * z
 
