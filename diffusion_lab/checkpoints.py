@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """The file is missing, unreadable, or not a diffusion_lab checkpoint."""
+from diffusion_lab.errors import CheckpointError
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

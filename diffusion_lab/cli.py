@@ -1,5 +1,7 @@
-"""What the three entry points (train, sample, evaluate) share: a user error ends the command with one
-sentence on stderr and a non-zero exit, not a traceback (HYDRA_FULL_ERROR=1 shows the traceback)."""
+"""What the three entry points (train, sample, evaluate) share: a user error — one of the project's own
+error types (``diffusion_lab.errors``) — ends the command with its one sentence on stderr and exit
+status 1; every other exception is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the
+traceback of user errors too."""
 
 from __future__ import annotations
 
@@ -7,18 +9,14 @@ import logging
 import os
 from typing import Any, Callable
 
-from diffusion_lab.checkpoints import CheckpointError
-from diffusion_lab.config_checks import ConfigError
-
-#: errors that are the user's to fix; each carries a sentence naming the bad value and the fix
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError, ValueError)
+from diffusion_lab.errors import DiffusionLabError
 
 
 def run_reporting_errors(fn: Callable[[Any], Any], cfg: Any, log: logging.Logger) -> Any:
     """Call ``fn(cfg)``; on a user error, log it and exit with ``error: <sentence>``."""
     try:
         return fn(cfg)
-    except USER_ERRORS as e:
+    except DiffusionLabError as e:
         log.error("%s", e)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -1,63 +1,28 @@
-"""Start-up validation of a composed configuration: incompatible choices stop the run before any
-training, with one sentence that names the offending config keys and the fix."""
+"""Start-up validation: an incompatible choice stops the run before any training (or sampling), with
+one sentence that names the config keys and the fix. Two stages, each rule in exactly one of them:
+
+* ``check_config``: what the composed config decides before anything is built (an image network on
+  vectors would otherwise end in an interpolation error, a class-conditional model on unlabelled
+  data in a shape error);
+* ``check_components``: what needs the built objects (the loss against the schedule and
+  parameterization, learned variances, each evaluated sampler against the model, network against
+  data shape).
+
+The run layer (``diffusion_lab.runs.build_parts``) calls both, once per entry point.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from diffusion_lab.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the keys to change."""
-
-
-def check_components(*, dataset: Any, schedule: Any, parameterization: Any, loss: Any, net: Any, sampler: Any,
-                     data_shape: tuple[int, ...]) -> None:
-    """Raise ConfigError for the first incompatible combination found."""
-    if hasattr(loss, "validate"):
-        try:
-            loss.validate(schedule, parameterization)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    if getattr(net, "num_classes", None) and getattr(dataset, "num_classes", None) is None:
-        raise ConfigError(
-            f"model.num_classes={net.num_classes} makes the model class-conditional, but the dataset has no labels; "
-            "set model.num_classes=null or use a labelled dataset."
-        )
-    learned = bool(getattr(loss, "learned_variance", False))
-    net_learned = bool(getattr(net, "learned_variance", False))
-    if learned != net_learned:
-        raise ConfigError(
-            f"loss.learned_variance={learned} but model.learned_variance={net_learned}: a loss with learned variances "
-            "needs a network with the extra output channels; set model.learned_variance to match."
-        )
-    if sampler.spec.needs_score and not getattr(parameterization, "gives_score", True):
-        raise ConfigError(
-            f"sampler={sampler.name} needs the score, but parameterization={parameterization.kind} cannot give one; "
-            "choose an ODE sampler."
-        )
-    if sampler.grid in ("linspace", "leading", "trailing") and getattr(schedule, "num_timesteps", None) is None:
-        raise ConfigError(
-            f"sampler.grid={sampler.grid} needs a discrete schedule, but schedule={type(schedule).__name__} is "
-            "continuous; use sampler.grid=uniform, lambda, quadratic or karras."
-        )
-    image_net = getattr(net, "image_size", None) is not None
-    if image_net and len(data_shape) != 3:
-        raise ConfigError(
-            f"model={type(net).__name__} is an image network but the dataset gives vectors of shape {data_shape}; "
-            "use model=mlp for low-dimensional data."
-        )
-    if image_net and (getattr(net, "in_channels", data_shape[0]) != data_shape[0]
-                      or getattr(net, "image_size", data_shape[-1]) != data_shape[-1]):
-        raise ConfigError(
-            f"model.in_channels={getattr(net, 'in_channels', None)}, model.image_size={getattr(net, 'image_size', None)} "
-            f"do not match the dataset's images {data_shape}; set them to ${{dataset.channels}} and ${{dataset.image_size}}."
-        )
+__all__ = ["ConfigError", "check_config", "check_components", "check_sampler"]
 
 
 def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
-    """Checks on the composed config itself, before anything is built (so that an incompatible
-    choice is named before an interpolation error or an hour of training). ``choices`` maps each
-    group to the chosen file name (Hydra's runtime choices) for the messages."""
+    """Checks on the composed config itself; ``choices`` maps each group to its chosen file (Hydra's
+    runtime choices), for the messages."""
     choices = choices or {}
     ds, model = cfg.get("dataset"), cfg.get("model")
     ds_name, model_name = choices.get("dataset", "<dataset>"), choices.get("model", "<model>")
@@ -79,4 +44,47 @@ def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
         raise ConfigError(
             f"model.num_classes={model.get('num_classes')} makes the model class-conditional, but dataset={ds_name} has no "
             "labels; set model.num_classes=null or use a labelled dataset."
+        )
+
+
+def check_sampler(sampler: Any, schedule: Any, parameterization: Any, key: str = "sampler") -> None:
+    """One sampler against the model it will sample (``key`` names it in the message)."""
+    if sampler.spec.needs_score and not getattr(parameterization, "gives_score", True):
+        raise ConfigError(
+            f"{key}={sampler.name} needs the score, but parameterization={parameterization.kind} cannot give one; "
+            "choose an ODE sampler."
+        )
+    if sampler.grid in ("linspace", "leading", "trailing") and getattr(schedule, "num_timesteps", None) is None:
+        raise ConfigError(
+            f"{key}.grid={sampler.grid} needs a discrete schedule, but schedule={type(schedule).__name__} is "
+            "continuous; use grid=uniform, lambda, quadratic or karras."
+        )
+
+
+def check_components(*, schedule: Any, parameterization: Any, loss: Any, net: Any, data_shape: tuple[int, ...],
+                     samplers: Sequence[Any] = (), sampler_keys: Sequence[str] | None = None) -> None:
+    """Raise ConfigError for the first incompatible combination among the built parts."""
+    try:
+        loss.validate(schedule, parameterization)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    learned = bool(getattr(loss, "learned_variance", False))
+    net_learned = bool(getattr(net, "learned_variance", False))
+    if learned != net_learned:
+        raise ConfigError(
+            f"loss.learned_variance={learned} but model.learned_variance={net_learned}: a loss with learned variances "
+            "needs a network with the extra output channels; set model.learned_variance to match."
+        )
+    keys = list(sampler_keys or ["sampler"] * len(samplers))
+    for sampler, key in zip(samplers, keys):
+        check_sampler(sampler, schedule, parameterization, key)
+        if sampler.options.get("variance") == "learned" and not net_learned:
+            raise ConfigError(f"{key}.variance=learned needs a model with learned variances (model.learned_variance=true "
+                              "and loss=hybrid or vlb); use variance=small or large.")
+    image_net = getattr(net, "image_size", None) is not None
+    if image_net and (getattr(net, "in_channels", data_shape[0]) != data_shape[0]
+                      or getattr(net, "image_size", data_shape[-1]) != data_shape[-1]):
+        raise ConfigError(
+            f"model.in_channels={getattr(net, 'in_channels', None)}, model.image_size={getattr(net, 'image_size', None)} "
+            f"do not match the dataset's images {data_shape}; set them to ${{dataset.channels}} and ${{dataset.image_size}}."
         )

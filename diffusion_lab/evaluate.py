@@ -1,16 +1,13 @@
-"""Evaluate a checkpoint without training: ``python -m diffusion_lab.evaluate ckpt_path=... [evaluation=...]``.
+"""Evaluate a checkpoint without training: ``python -m diffusion_lab.evaluate ckpt_path=... [sampler=...] [evaluation=...]``.
 
-Runs the evaluation callback's work (``EvaluationCallback.prepare`` + ``evaluate``) on the checkpoint's
-model and dataset, and prints one JSON line per sampler on stdout — ``sampler`` (its label), ``kind``
-(SDE or ODE), ``nfe``, ``seconds`` and one key per metric (``fid``, ``kid``, ``is``, or ``swd``,
-``mmd``, ``nll``) — while logs and progress bars go to stderr. Grids and ``eval/table.csv`` go to the
-output directory.
-
-- With no ``evaluation=`` it uses the default evaluation (conf/evaluation/default.yaml) on the
-  checkpoint's own dataset.
-- ``sampler=<conf/sampler file>`` evaluates that one sampler instead of the evaluation's list, so
-  ``-m sampler=ddim,heun,dpm_solver_pp_2m`` sweeps samplers over one checkpoint (the feature network
-  and the real-data statistics are cached after the first job).
+Runs the ``Evaluator`` on the checkpoint's model and dataset — the checkpoint's sampler (or
+``sampler=<conf/sampler file>``) first, then the samplers ``evaluation=`` adds beside it — and prints
+one JSON line per sampler on stdout: ``sampler`` (its label), ``kind`` (SDE or ODE), ``nfe``,
+``seconds`` and one key per metric (``fid``, ``kid``, ``is``, or ``swd``, ``w2``, ``mmd``, ``nll``),
+while logs and progress bars go to stderr. Pictures and ``eval/table.csv`` go to the output directory.
+The rows are labelled with the checkpoint's step and the epoch that step belongs to, as training
+labels its own evaluation of the same step; ``-m sampler=ddim,heun,dpm_solver_pp_2m`` sweeps samplers
+over one checkpoint (the feature network and the real-data statistics are cached after the first job).
 """
 
 from __future__ import annotations
@@ -22,16 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.cli import run_reporting_errors
-from diffusion_lab.config_checks import ConfigError, check_components
-from diffusion_lab.sample import load_trained, pick_device, sampler_for
+from diffusion_lab.errors import ConfigError
+from diffusion_lab.runs import CONFIG_DIR, load_run, pick_device
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _json_value(v: Any) -> Any:
@@ -41,28 +35,22 @@ def _json_value(v: Any) -> Any:
 
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
-    trained = load_trained(cfg.ckpt_path, pick_device(cfg.device))
-    module, dm = trained["module"], trained["datamodule"]
     if cfg.get("evaluation") is None:
         raise ConfigError("evaluation=null: nothing to evaluate; drop the override to use the default evaluation.")
-    callback = instantiate(cfg.evaluation, _convert_="partial")
-    if cfg.get("sampler") is not None:
-        samplers = [sampler_for(module, dm, cfg.sampler)]
-    else:
-        samplers = callback.resolve_samplers(module)
-        for s in samplers:  # incompatible samplers fail now, with one sentence
-            check_components(dataset=dm, schedule=module.schedule, parameterization=module.parameterization,
-                             loss=module.loss, net=module.net, sampler=s, data_shape=tuple(module.data_shape))
-    callback.prepare(module, dm)
-    epoch = int(cfg.epoch) if cfg.get("epoch") is not None else trained["epoch"]
+    device = pick_device(cfg.device)
+    loaded = load_run(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, device, sampler=cfg.get("sampler"), evaluation=cfg.evaluation)
+    module, parts = loaded.module, loaded.parts
+    evaluator = parts.evaluator
+    evaluator.prepare(parts.datamodule, parts.data_shape, device)
+    epoch = int(cfg.epoch) if cfg.get("epoch") is not None else loaded.epoch
     out = Path(cfg.out_dir)
-    rows = callback.evaluate(module, dm, epoch, out_dir=out, samplers=samplers)
-    callback.rows.extend(rows)
-    callback._write_table(out / "eval" / "table.csv")
+    with module.sampling(evaluator.use_ema) as denoiser:
+        rows = evaluator.evaluate(denoiser, epoch, loaded.step, out)
+    evaluator.table.write_csv(out / "eval" / "table.csv")
     for row in rows:
         line = {"sampler": row["sampler"], "kind": row["kind"], "nfe": row["nfe"], "seconds": row["seconds"],
                 **{k: v for k, v in row.items() if k not in ("sampler", "kind", "nfe", "seconds")},
-                "ckpt": str(cfg.ckpt_path), "step": trained["step"]}
+                "ckpt": str(cfg.ckpt_path)}
         print(json.dumps({k: _json_value(v) for k, v in line.items()}), flush=True)
     return rows
 

@@ -28,3 +28,25 @@ def compose_cfg(tmp_path):
             return compose(config_name="train", overrides=[f"run_dir={tmp_path}", "name=test", *(overrides or [])])
 
     return _compose
+
+
+# a few optimizer steps of the default run, no sanity check, no progress bar: in-process wiring tests
+FAST_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.num_sanity_val_steps=0",
+              "trainer.check_val_every_n_epoch=100", "trainer.log_every_n_steps=1", "optimizer.warmup_steps=1",
+              "callbacks.progress.refresh_rate=0", "evaluation.progress=false"]
+# the default UNet made small (4x fewer parameters): the wiring, not the network, is under test
+SMALL_UNET = ["model.ch=16", "model.num_res_blocks=1"]
+
+
+@pytest.fixture
+def build_run(compose_cfg):
+    """build_run(overrides) -> (cfg, parts, module): the run layer's parts and LightningModule, untrained."""
+    from diffusion_lab.runs import build_module, build_parts
+
+    def _build(overrides: list[str] | None = None):
+        torch.manual_seed(0)
+        cfg = compose_cfg(overrides)
+        parts = build_parts(cfg, choices={})
+        return cfg, parts, build_module(cfg, parts)
+
+    return _build

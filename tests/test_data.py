@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion_lab.errors import DataError
 from diffusion_lab.data import (DigitsDataModule, EpochSeededSampler, GaussianMixtureDataModule, ImageTransform,
                                 TorchvisionDataModule, ToyDataModule, TOY_SETS, make_toy)
 
@@ -51,7 +52,7 @@ def test_mnist_reads_idx_files_from_data_dir(tmp_path):
 
 def test_missing_dataset_names_directory_and_download_override(tmp_path):
     dm = TorchvisionDataModule("mnist", data_dir=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(DataError) as e:
         dm.setup()
     msg = str(e.value)
     assert str((tmp_path / "nowhere").resolve()) in msg and "dataset.download=true" in msg

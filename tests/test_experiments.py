@@ -4,9 +4,9 @@ parameterization, loss, optimizer, EMA and sampler — and passes the start-up c
 from __future__ import annotations
 
 import pytest
-from hydra.utils import instantiate
+import torch
 
-from diffusion_lab.config_checks import check_components, check_config
+from diffusion_lab import runs
 
 # experiment: (parameter count, relative tolerance, schedule class, parameterization, loss class, sampler, NFE)
 PAPERS = {
@@ -20,16 +20,27 @@ PAPERS = {
 }
 
 
+@pytest.fixture
+def networks_on_meta(monkeypatch):
+    """Build the networks on the meta device: their parameters have shapes but no memory (counts only)."""
+    original = runs.instantiate_group
+
+    def on_meta(cfg, group, **kwargs):
+        if group != "model":
+            return original(cfg, group, **kwargs)
+        with torch.device("meta"):
+            return original(cfg, group, **kwargs)
+
+    monkeypatch.setattr(runs, "instantiate_group", on_meta)
+
+
 @pytest.mark.parametrize("name", sorted(PAPERS))
-def test_paper_configuration_builds_what_the_paper_used(compose_cfg, name):
+def test_paper_configuration_builds_what_the_paper_used(compose_cfg, networks_on_meta, name):
     n_params, rtol, schedule_cls, param, loss_cls, sampler_name, nfe = PAPERS[name]
-    cfg = compose_cfg([f"experiment={name}"])
-    check_config(cfg)
-    net, schedule = instantiate(cfg.model), instantiate(cfg.schedule)
-    parameterization, loss, sampler = instantiate(cfg.parameterization), instantiate(cfg.loss), instantiate(cfg.sampler)
-    dm = instantiate(cfg.dataset)
-    check_components(dataset=dm, schedule=schedule, parameterization=parameterization, loss=loss, net=net,
-                     sampler=sampler, data_shape=dm.data_shape)
+    parts = runs.build_parts(compose_cfg([f"experiment={name}"]), choices={})  # the start-up checks included
+    net, schedule, parameterization, loss, sampler, dm = (parts.net, parts.schedule, parts.parameterization, parts.loss,
+                                                          parts.sampler, parts.datamodule)
+    assert next(net.parameters()).is_meta
     count = sum(p.numel() for p in net.parameters())
     assert count == pytest.approx(n_params, rel=rtol, abs=0), count
     assert type(schedule).__name__ == schedule_cls and parameterization.kind == param and type(loss).__name__ == loss_cls

@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from diffusion_lab.errors import ConfigError
+
 
 class EpochSeededSampler(Sampler[int]):
     """Shuffles with a permutation drawn from (seed, epoch) and keeps rank r's share r::world_size.
@@ -126,7 +128,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         """dataset.batch_size is the global batch: each of W ranks takes batch_size / W."""
         _, world = self._world()
         if self.batch_size % world:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.batch_size={self.batch_size} does not divide across {world} processes; use a multiple of {world}."
             )
         return self.batch_size // world
@@ -136,7 +138,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         bs = self.per_rank_batch_size()
         sampler = EpochSeededSampler(len(ds), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world)
         if drop_last and len(sampler) < bs:
-            raise ValueError(f"dataset has {len(sampler)} training items per process, fewer than one batch of {bs}; "
+            raise ConfigError(f"dataset has {len(sampler)} training items per process, fewer than one batch of {bs}; "
                              "lower dataset.batch_size.")
         return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

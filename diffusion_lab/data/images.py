@@ -15,12 +15,13 @@ import torch
 from torch.utils.data import Dataset
 
 from diffusion_lab.data.base import DiffusionDataModule, ImageTransform, TransformedTensorDataset, split_indices
+from diffusion_lab.errors import DataError
 
 _TV = {"mnist": ("MNIST", 1, 28, 10), "fashion_mnist": ("FashionMNIST", 1, 28, 10), "cifar10": ("CIFAR10", 3, 32, 10)}
 
 
-def _missing(name: str, data_dir: str, err: Exception) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing(name: str, data_dir: str, err: Exception) -> DataError:
+    return DataError(
         f"dataset={name}: no data found under {Path(data_dir).resolve()} ({err}); point dataset.data_dir at the folder "
         f"that holds it, or add dataset.download=true to fetch it."
     )
@@ -139,7 +140,7 @@ class ImageFolderDataModule(_ImageDataModule):
         import torchvision
 
         if not Path(self.data_dir).is_dir():
-            raise FileNotFoundError(f"dataset=image_folder: {Path(self.data_dir).resolve()} is not a directory; set dataset.data_dir.")
+            raise DataError(f"dataset=image_folder: {Path(self.data_dir).resolve()} is not a directory; set dataset.data_dir.")
         base = torchvision.datasets.ImageFolder(self.data_dir)
         if self.labelled_folders:
             self.num_classes = len(base.classes)

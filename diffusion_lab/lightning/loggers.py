@@ -1,4 +1,6 @@
-"""Weights & Biases logger for diffusion_lab runs (``logger=wandb``, conf/logger/wandb.yaml).
+"""Loggers: what diffusion_lab sends to every Lightning logger (scalars, pictures, the comparison
+table: ``log_scalars``, ``log_image``, ``log_table``), and the Weights & Biases logger for
+``logger=wandb`` (conf/logger/wandb.yaml).
 
 Lightning's ``WandbLogger`` plus what a comparison dashboard needs:
 
@@ -16,12 +18,39 @@ Lightning's ``WandbLogger`` plus what a comparison dashboard needs:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 SUMMARIES = ("min", "max", "mean", "last", "best", "none")
+
+
+def log_scalars(trainer: Any, scalars: Mapping[str, float], step: int) -> None:
+    """Scalars to every logger at ``step`` (direct, so it works in any hook, ``on_train_end`` included)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(scalars), step=step)
+
+
+def log_image(trainer: Any, key: str, path: Path, step: int) -> None:
+    """An image file to every logger that can show images (W&B, TensorBoard)."""
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):  # WandbLogger
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+            import numpy as np
+            from PIL import Image
+
+            arr = np.asarray(Image.open(path).convert("RGB"))
+            logger.experiment.add_image(key, arr, step, dataformats="HWC")
+
+
+def log_table(trainer: Any, key: str, columns: list[str], data: list[list[Any]]) -> None:
+    """A whole table to the loggers that keep tables (W&B; its tables are immutable, so the whole table)."""
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table(key=key, columns=columns, data=data)
 
 
 def sweep_group() -> str | None:

@@ -4,12 +4,15 @@ EMA weights used for sampling.
 Everything mathematical lives below (schedules, parameterization, losses, samplers); this file only
 wires it to Lightning: optimisation (Adam/AdamW, linear warm-up, gradient clipping through the
 Trainer), EMA updates after each optimizer step, the loss's own state (importance-sampling history)
-in the checkpoint, and ``generate`` for the sampling callbacks and entry points.
+in the checkpoint, and ``sampling()``: the model adapter over the EMA (or raw) weights in eval mode,
+for the evaluation and the entry points.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import math
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -18,12 +21,20 @@ from torch import Tensor, nn
 from diffusion_lab.lightning.ema import EMA
 from diffusion_lab.parameterization import Parameterization
 from diffusion_lab.denoiser import Denoiser
-from diffusion_lab.samplers import Sampler, SampleResult
+from diffusion_lab.errors import DivergenceError
 from diffusion_lab.schedules.base import Schedule
 
 
+def steps_per_epoch(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps per training epoch (batches / gradient accumulation); None when unknown."""
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+        return None
+    return max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
+
+
 class DiffusionModule(pl.LightningModule):
-    """net + schedule + parameterization + loss, trained with EMA."""
+    """net + schedule + parameterization + loss, trained with EMA weights for sampling."""
 
     def __init__(
         self,
@@ -31,7 +42,6 @@ class DiffusionModule(pl.LightningModule):
         schedule: Schedule,
         parameterization: Parameterization,
         loss: Any,
-        sampler: Sampler,
         data_shape: tuple[int, ...],
         optimizer: dict | None = None,
         ema: dict | None = None,
@@ -42,7 +52,7 @@ class DiffusionModule(pl.LightningModule):
     ):
         super().__init__()
         self.net = net
-        self.schedule, self.parameterization, self.loss, self.sampler = schedule, parameterization, loss, sampler
+        self.schedule, self.parameterization, self.loss = schedule, parameterization, loss
         self.data_shape = tuple(data_shape)
         self.optim_cfg = {"name": "adamw", "lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
                           "warmup_steps": 0, **(optimizer or {})}
@@ -99,7 +109,7 @@ class DiffusionModule(pl.LightningModule):
         x0, net_kwargs = self._images(batch)
         out = self.loss(self.train_model, x0, generator=self.noise_generator, net_kwargs=net_kwargs)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(
+            raise DivergenceError(
                 f"train/loss is {float(out.loss)} at step {self.global_step} (epoch {self.current_epoch}); training "
                 "stopped and the last good checkpoint is kept — lower optimizer.lr, set trainer.gradient_clip_val, "
                 "or check the data."
@@ -146,12 +156,13 @@ class DiffusionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
         if bad:  # never overwrite a good checkpoint with a diverged model
-            raise FloatingPointError(
+            raise DivergenceError(
                 f"parameter {bad[0]} is not finite at step {self.global_step}; training stopped and the last good "
                 "checkpoint is kept — lower optimizer.lr or set trainer.gradient_clip_val."
             )
         if hasattr(self.loss, "state_dict"):
             checkpoint["loss_state"] = self.loss.state_dict()
+        checkpoint["steps_per_epoch"] = steps_per_epoch(self.trainer)
         # RNG states (training noise, and the global generators used by dropout) for an exact resume
         checkpoint["rng"] = {"noise": self.noise_generator.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -174,15 +185,13 @@ class DiffusionModule(pl.LightningModule):
         net = self.ema.net if use_ema else self.net
         return Denoiser(net, self.schedule, self.parameterization, guidance=guidance, learned_variance=self.learned_variance)
 
-    @torch.no_grad()
-    def generate(self, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
-                 use_ema: bool = True, x_T: Tensor | None = None, progress: bool = True) -> SampleResult:
-        """Draw n samples (float64 sampler state; the network in its own dtype)."""
-        sampler = sampler or self.sampler
-        was_training = self.net.training
-        self.net.eval()
+    @contextlib.contextmanager
+    def sampling(self, use_ema: bool = True, guidance=None) -> Iterator[Denoiser]:
+        """The denoiser for sampling, its network in eval mode (no dropout) for the duration."""
+        net = self.ema.net if use_ema else self.net
+        was_training = net.training
+        net.eval()
         try:
-            return sampler(self.denoiser(use_ema), (n, *self.data_shape), x_T=x_T, generator=generator,
-                           device=self.device, progress=progress)
+            yield self.denoiser(use_ema, guidance)
         finally:
-            self.net.train(was_training)
+            net.train(was_training)

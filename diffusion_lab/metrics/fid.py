@@ -67,7 +67,8 @@ class ImageMetrics:
 
     ``update_real(features)`` and ``update_fake(features, logits)`` may be called on every rank with
     that rank's share; ``compute()`` (on every rank) returns ``{"fid": ..., "kid": ..., "kid_std": ...,
-    "is": ..., "is_std": ...}`` for the metrics asked for."""
+    "is": ..., "is_std": ...}`` for the metrics asked for — ``kid_std`` only when KID averages over
+    several distinct subsets (N larger than ``kid_subset_size``)."""
 
     def __init__(self, metrics: Sequence[str], num_features: int, n_fake: int, n_real: int,
                  kid_subset_size: int = 1000, kid_subsets: int = 100, is_splits: int = 10, seed: int = 0,
@@ -120,7 +121,9 @@ class ImageMetrics:
                 out["fid"] = float(self.m["fid"].compute())
             if "kid" in self.m:
                 mean, std = self.m["kid"].compute()
-                out["kid"], out["kid_std"] = float(mean), float(std)
+                out["kid"] = float(mean)
+                if self.m["kid"].subsets > 1:  # one subset (all the samples): no spread to report
+                    out["kid_std"] = float(std)
             if "is" in self.m:
                 mean, std = self.m["is"].compute()
                 out["is"], out["is_std"] = float(mean), float(std)

@@ -1,0 +1,206 @@
+"""The run layer: from a config (or a checkpoint) to the parts of a run, shared by the entry points.
+
+``train``, ``sample`` and ``evaluate`` are thin siblings over this module:
+
+* ``build_parts(cfg)`` instantiates each config group (dataset, schedule, parameterization, loss,
+  model, sampler, evaluation) and runs the start-up checks once (``config_checks``): what the config
+  decides, then what the built parts decide, for the selected sampler and every evaluated one;
+* ``build_module`` wraps the parts in the LightningModule, ``build_trainer`` builds the Trainer with the
+  configured callbacks and the evaluation callback around the parts' ``Evaluator``;
+* ``load_run(ckpt_path)`` rebuilds a run from the config saved in a checkpoint (optionally with
+  another sampler or evaluation) and loads its weights, EMA included.
+
+The path of a config value: ``sampler.steps=7`` on the command line → Hydra composes it into
+``cfg.sampler`` → ``build_parts`` instantiates ``Sampler(name, steps=7, ...)`` and passes it as the
+evaluator's ``selected`` sampler → at evaluation the callback opens ``module.sampling()``, a
+``Denoiser`` (the model adapter) over the EMA network → the sampler calls ``denoiser(x, t)``, which
+calls the network with ``parameterization.net_inputs(x, t)`` and reads its output as a ``Prediction``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion_lab.checkpoints import load_checkpoint
+from diffusion_lab.config_checks import check_components, check_config
+from diffusion_lab.errors import CheckpointError, ConfigError, DiffusionLabError
+from diffusion_lab.evaluation import Evaluator, epoch_of_step
+from diffusion_lab.lightning.module import DiffusionModule
+from diffusion_lab.samplers import Sampler
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@dataclass
+class Parts:
+    """The built components of one run."""
+
+    datamodule: Any
+    schedule: Any
+    parameterization: Any
+    loss: Any
+    net: torch.nn.Module
+    sampler: Sampler
+    data_shape: tuple[int, ...]
+    evaluator: Evaluator | None = None
+
+
+def hydra_choices() -> dict[str, str]:
+    """The chosen file of each config group (for messages), when running under Hydra; else {}."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()}
+    except ValueError:
+        return {}
+
+
+def instantiate_group(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``instantiate(cfg[group])``; a constructor's complaint about a value (ValueError, TypeError: an
+    unknown or badly typed key) becomes a ConfigError naming the group, any other error stays a bug."""
+    try:
+        return instantiate(cfg[group], **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, DiffusionLabError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{group}: {_first_line(cause)}") from None
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def build_parts(cfg: DictConfig, choices: dict[str, str] | None = None) -> Parts:
+    """Instantiate every group and check that the parts fit together (see the module docstring)."""
+    check_config(cfg, choices or hydra_choices())
+    datamodule = instantiate_group(cfg, "dataset")
+    schedule = instantiate_group(cfg, "schedule")
+    parameterization = instantiate_group(cfg, "parameterization")
+    loss = instantiate_group(cfg, "loss")
+    net = instantiate_group(cfg, "model")
+    sampler = instantiate_group(cfg, "sampler")
+    data_shape = tuple(datamodule.data_shape)
+    evaluator = None
+    if cfg.get("evaluation") is not None:
+        evaluator = instantiate_group(cfg, "evaluation", selected=sampler)
+    samplers = evaluator.samplers if evaluator is not None else [sampler]
+    keys = ["sampler"] + [f"evaluation.samplers[{s.label}]" for s in samplers[1:]]
+    check_components(schedule=schedule, parameterization=parameterization, loss=loss, net=net, data_shape=data_shape,
+                     samplers=samplers, sampler_keys=keys)
+    if evaluator is not None:
+        try:
+            evaluator.check(data_shape, getattr(datamodule, "mixture", None) is not None)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return Parts(datamodule, schedule, parameterization, loss, net, sampler, data_shape, evaluator)
+
+
+def build_module(cfg: DictConfig, parts: Parts) -> DiffusionModule:
+    """The LightningModule of the parts, with the optimizer, EMA and speed options of the config."""
+    try:
+        return DiffusionModule(
+            net=parts.net, schedule=parts.schedule, parameterization=parts.parameterization, loss=parts.loss,
+            data_shape=parts.data_shape, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            ema=OmegaConf.to_container(cfg.ema, resolve=True), channels_last=cfg.fast.channels_last,
+            compile=cfg.fast.compile, config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(_first_line(e)) from None
+
+
+def build_trainer(cfg: DictConfig, parts: Parts) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured logger and callbacks, plus the evaluation."""
+    from diffusion_lab.lightning.evaluation import EvaluationCallback
+
+    logger = instantiate_group(cfg, "logger") if cfg.get("logger") is not None and cfg.logger.get("_target_") else False
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not logger:  # nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+    if parts.evaluator is not None:
+        callbacks.append(EvaluationCallback(parts.evaluator, out_dir=cfg.run_dir))
+    return instantiate_group(cfg, "trainer", logger=logger, callbacks=callbacks, default_root_dir=cfg.run_dir)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` means <run_dir>/checkpoints/last.ckpt; anything else must be a checkpoint file."""
+    p = cfg.get("ckpt_path")
+    if p is None:
+        return None
+    path = Path(cfg.run_dir) / "checkpoints" / "last.ckpt" if p == "last" else Path(p)
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path={p} is a directory; give a checkpoint file inside it, e.g. "
+                              f"{path / 'checkpoints' / 'last.ckpt'} or {path / 'last.ckpt'}.")
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={p}: no checkpoint at {path}; give an existing .ckpt file "
+                              "(ckpt_path=last resumes <run_dir>/checkpoints/last.ckpt, so set hydra.run.dir to the old run).")
+    load_checkpoint(path)  # fails with one sentence on a truncated or foreign file
+    return str(path)
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device={device!r} is not a torch device; use auto, cpu or cuda[:k].") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but CUDA is not available here; use device=cpu or device=auto.")
+    return dev
+
+
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its checkpoint."""
+
+    module: DiffusionModule
+    parts: Parts
+    config: DictConfig  # the checkpoint's config, with the overrides of load_run applied
+    epoch: int          # 0-based index of the epoch the checkpoint's last step belongs to
+    step: int           # global step of the checkpoint
+
+
+def load_run(ckpt_path: Any, device: str | torch.device = "cpu", sampler: Any = None,
+             evaluation: Any = None) -> LoadedRun:
+    """Rebuild the run of a checkpoint from its saved config and load its weights (EMA included).
+
+    ``sampler`` / ``evaluation``: a sampler / evaluation config replacing the checkpoint's own (the
+    saved config has the run's own); None keeps the checkpoint's sampler and drops the evaluation."""
+    if ckpt_path in (None, "", "???"):
+        raise CheckpointError("ckpt_path is not set; pass ckpt_path=outputs/<run>/checkpoints/last.ckpt.")
+    path = Path(str(ckpt_path))
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path={ckpt_path} is a directory; give a checkpoint file inside it, e.g. "
+                              f"{path / 'checkpoints' / 'last.ckpt'}.")
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    if sampler is not None:  # assignment replaces the group (a merge would keep the old sampler's options)
+        cfg.sampler = OmegaConf.to_container(sampler, resolve=True) if OmegaConf.is_config(sampler) else sampler
+    cfg.evaluation = (OmegaConf.to_container(evaluation, resolve=True) if OmegaConf.is_config(evaluation)
+                      else evaluation)
+    parts = build_parts(cfg, choices={})
+    module = build_module(cfg, parts)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt_path} does not match the network its config builds (missing "
+                              f"{missing[:2]}, unexpected {unexpected[:2]}); was the model code changed since?")
+    module.to(device).eval()
+    step = int(ckpt.get("global_step", 0))
+    return LoadedRun(module, parts, cfg, epoch_of_step(step, ckpt.get("steps_per_epoch")), step)
