@@ -103,4 +103,4 @@ def test_command_line_values_reach_the_objects(build_run):
     assert type(parts.schedule).__name__ == "VPCosineSchedule" and parts.parameterization.kind == "v"
     assert parts.evaluator.n == 33 and parts.evaluator.samplers == [parts.sampler]  # the selected sampler is evaluated
     assert parts.net.encoder.conv_in.out_channels == 16 and module.ema.decay == 0.9
-    assert module.configure_optimizers()["optimizer"].param_groups[0]["lr"] == 0.5
+    assert module.configure_optimizers()["optimizer"].defaults["lr"] == 0.5  # (the warm-up scales the current lr)
