@@ -362,6 +362,43 @@ def test_learned_variance_interpolates_between_small_and_large():
         torch.testing.assert_close(learned.per_sample, ref.per_sample)
 
 
+def test_hybrid_is_l_simple_plus_lambda_times_the_vlb_loss():
+    """L_hybrid = L_simple + λ·L_vlb per example, L_vlb being the T-scaled term of VariationalBoundLoss
+    (same t, same noise): a missing factor T or λ shows here."""
+    schedule, param = DDPMLinearSchedule(50), Parameterization("eps")
+    torch.manual_seed(0)
+    net = MLP(out=4).double()
+    x0 = gaussian().sample(64, gen(0))
+    hybrid = HybridLoss(vlb_weight=0.25, decoder="gaussian", time_sampler="uniform")(M(net, schedule, param, True), x0,
+                                                                                      generator=gen(1))
+    first_half = lambda x, lab: net(x, lab)[:, :2]  # noqa: E731  (the prediction channels)
+    simple = DenoisingScoreMatching("simple", time_sampler="uniform")(M(first_half, schedule, param), x0,
+                                                                       generator=gen(1))
+    vlb = VariationalBoundLoss("learned", "gaussian", "uniform")(M(net, schedule, param, True), x0, generator=gen(1))
+    torch.testing.assert_close(hybrid.t, vlb.t)
+    torch.testing.assert_close(hybrid.per_sample, simple.per_sample + 0.25 * vlb.per_sample)
+    assert float(vlb.per_sample.mean()) > 1.0  # T·(bits/dim): the scale of the bound, not of one term
+
+
+@pytest.mark.parametrize("kind", ["velocity", "eps", "x0", "v", "score"])
+def test_rectified_flow_loss_is_the_velocity_mse_in_every_parameterization(kind):
+    """Liu et al. 2023: per example mean_dims (û − (ε − x_0))², û the velocity the network implies
+    (through the model adapter), whatever it outputs."""
+    schedule, param = RectifiedFlowSchedule(), Parameterization(kind)
+    torch.manual_seed(0)
+    net = MLP().double()
+    x0 = gaussian().sample(32, gen(0))
+    out = RectifiedFlowLoss()(M(net, schedule, param), x0, generator=gen(1))
+    g = gen(1)
+    t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(32, generator=g, dtype=torch.float64)
+    eps = torch.randn(32, 2, generator=g, dtype=torch.float64)
+    x_t = (1 - t)[:, None] * x0 + t[:, None] * eps
+    model = M(net, schedule, param)
+    velocity = model.read(model.output(x_t, t), x_t, t).velocity
+    torch.testing.assert_close(out.t, t)
+    torch.testing.assert_close(out.per_sample, (velocity - (eps - x0)).pow(2).mean(1))
+
+
 def test_hybrid_stops_the_vlb_gradient_on_the_mean():
     schedule, param = DDPMLinearSchedule(50), Parameterization("eps")
     torch.manual_seed(0)

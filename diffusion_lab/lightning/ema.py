@@ -2,9 +2,11 @@
 paper in scope: DDPM decay 0.9999, score SDE 0.999/0.9999, EDM by half-life in images).
 
 θ_ema ← β θ_ema + (1 − β) θ after each optimizer step, with either a fixed decay β, or EDM's
-half-life h (in training images): β = 0.5^{B/h} for batch size B (Karras et al. 2022, App. F),
-optionally ramped up as h_t = min(h, ramp·n_images) so early averages do not remember the random
-initialisation. Buffers (e.g. normalization statistics) are copied, not averaged.
+half-life h (in training images): β = 0.5^{B/h} for batch size B, so that after h images the
+average keeps exactly half the weight it had (Karras et al. 2022, App. F), optionally ramped up as
+h_t = min(h, ramp·n) with n the images seen before this step (as EDM's training loop: the first
+update copies the weights), so early averages do not remember the random initialisation. Buffers
+(e.g. normalization statistics) are copied, not averaged.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class EMA(nn.Module):
         self.register_buffer("num_images", torch.zeros((), dtype=torch.float64))
 
     def beta(self, batch_size: int) -> float:
-        """The decay used for the next update."""
+        """The decay used for the next update (before ``num_images`` counts its batch)."""
         if self.decay is not None:
             return self.decay
         h = self.half_life_images
@@ -40,8 +42,8 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, net: nn.Module, batch_size: int) -> None:
-        self.num_images += batch_size
         beta = self.beta(batch_size)
+        self.num_images += batch_size
         for p_ema, p in zip(self.net.parameters(), net.parameters()):
             p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - beta)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):

@@ -88,7 +88,8 @@ def bench_default_run(epochs: int, cache: Path) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from diffusion_lab.train import build
+    from diffusion_lab.lightning.evaluation import EvaluationCallback
+    from diffusion_lab.runs import build_module, build_parts
 
     class EpochTimer(pl.Callback):
         def __init__(self):
@@ -107,7 +108,7 @@ def bench_default_run(epochs: int, cache: Path) -> dict:
             self.eval_s: dict[int, float] = {}
 
         def on_train_epoch_end(self, trainer, pl_module):  # right after the evaluation callback
-            if ev.due(trainer):
+            if ev.due(trainer.current_epoch, last=False):
                 self.eval_s[trainer.current_epoch] = time.perf_counter() - timer.end
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_eval_run_"))
@@ -116,24 +117,26 @@ def bench_default_run(epochs: int, cache: Path) -> dict:
                                                       "logger=csv", "callbacks.progress.refresh_rate=0",
                                                       f"evaluation.cache_dir={cache}", "evaluation.progress=false"])
     pl.seed_everything(cfg.seed)
-    parts = build(cfg)
+    parts = build_parts(cfg, choices={})
+    module = build_module(cfg, parts)
     timer, ev_timer = EpochTimer(), EvalTimer()
-    ev = instantiate(cfg.evaluation)
+    ev = parts.evaluator
     t0 = time.perf_counter()
-    ev.prepare(parts["module"], parts["datamodule"])  # the one-time part (classifier cached already, real features)
+    ev.prepare(parts.datamodule, parts.data_shape)  # the one-time part (classifier cached already, real features)
     setup_s = time.perf_counter() - t0
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=[*callbacks, timer, ev, ev_timer],
+    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger),
+                          callbacks=[*callbacks, timer, EvaluationCallback(ev, out_dir=str(run_dir)), ev_timer],
                           default_root_dir=str(run_dir))
-    trainer.fit(parts["module"], datamodule=parts["datamodule"])
+    trainer.fit(module, datamodule=parts.datamodule)
     evaluated = sorted(ev_timer.eval_s)
     per_eval = [{"epoch": e + 1, "train_s": timer.train_s[e], "eval_s": ev_timer.eval_s[e],
                  "share": ev_timer.eval_s[e] / timer.train_s[e]} for e in evaluated]
     plain = sorted(timer.train_s[e] for e in timer.train_s)
-    fid = {e + 1: r["fid"] for e in evaluated for r in ev.rows if r["epoch"] == e}
+    fid = {e + 1: r["fid"] for e in evaluated for r in ev.table.rows if r["epoch"] == e}
     return {"every": ev.every_n_epochs, "per_eval": per_eval, "median_epoch_s": plain[len(plain) // 2], "epochs_s": [timer.train_s[e] for e in
             sorted(timer.train_s)], "setup_s": setup_s, "fid": fid,
-            "label": ev.resolve_samplers(parts["module"])[0].label, "n": ev.n}
+            "label": ev.samplers[0].label, "n": ev.n}
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from diffusion_lab.train import CONFIG_DIR, build
+from diffusion_lab.runs import CONFIG_DIR, build_module, build_parts
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,13 +49,14 @@ class StepTimer(pl.Callback):
 def measure(overrides: list[str], steps: int, warmup: int, precision: str) -> dict:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["run_dir=/tmp/bench_training", "name=bench", *overrides])
-    parts = build(cfg)
+    parts = build_parts(cfg, choices={})
+    module = build_module(cfg, parts)
     timer = StepTimer(warmup)
     trainer = pl.Trainer(max_steps=steps + warmup, accelerator="auto", devices=1, precision=precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer],
                          num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False)
-    trainer.fit(parts["module"], datamodule=parts["datamodule"])
-    bs = parts["datamodule"].batch_size
+    trainer.fit(module, datamodule=parts.datamodule)
+    bs = parts.datamodule.batch_size
     step = sum(timer.step_times) / len(timer.step_times)
     wait = sum(timer.wait_times) / max(1, len(timer.wait_times))
     return {"steps_per_s": 1.0 / (step + wait), "images_per_s": bs / (step + wait), "step_ms": 1e3 * step,
