@@ -30,3 +30,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "give a checkpoint written by python -m diffusion_lab.train."
         )
     return ckpt
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_differences(saved: dict, current: dict, groups: tuple[str, ...]) -> list[str]:
+    """``key: saved → current`` for every value of ``groups`` that differs between two resolved configs."""
+    diffs = []
+    for g in groups:
+        a, b = _flatten(saved.get(g) or {}, f"{g}."), _flatten(current.get(g) or {}, f"{g}.")
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "<unset>") != b.get(key, "<unset>"):
+                diffs.append(f"{key}: {a.get(key, '<unset>')} → {b.get(key, '<unset>')}")
+    return diffs
+
+
+def state_dict_differences(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    """Keys missing from ``found``, unexpected in it, or of another shape than in ``expected``."""
+    diffs = [f"missing {k}" for k in expected if k not in found]
+    diffs += [f"unexpected {k}" for k in found if k not in expected]
+    diffs += [f"{k}: shape {tuple(found[k].shape)} in the checkpoint, {tuple(v.shape)} in this model"
+              for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    return diffs

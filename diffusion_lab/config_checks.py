@@ -1,6 +1,8 @@
 """Start-up validation: an incompatible choice stops the run before any training (or sampling), with
 one sentence that names the config keys and the fix. Two stages, each rule in exactly one of them:
 
+* ``check_values``: every numeric value's type and range, with the key named (``optimizer.lr=abc``
+  would otherwise end in a traceback from the optimizer, ``sampler.steps=0`` only when sampling);
 * ``check_config``: what the composed config decides before anything is built (an image network on
   vectors would otherwise end in an interpolation error, a class-conditional model on unlabelled
   data in a shape error);
@@ -13,16 +15,71 @@ The run layer (``diffusion_lab.runs.build_parts``) calls both, once per entry po
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 from diffusion_lab.errors import ConfigError
 
-__all__ = ["ConfigError", "check_config", "check_components", "check_sampler"]
+__all__ = ["ConfigError", "check_values", "check_config", "check_components", "check_sampler"]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: key → (test, what it must be); checked where the key exists and is not null (null = "off"/"default")
+VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
+    "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0, e.g. 2e-4"),
+    "optimizer.eps": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number ≥ 0"),
+    "optimizer.warmup_steps": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
+    "optimizer.betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+                        "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    "ema.decay": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.999"),
+    "ema.half_life_images": (lambda v: _number(v) and v > 0, "a number of images > 0"),
+    "ema.ramp_up": (lambda v: _number(v) and v > 0, "a number > 0, e.g. 0.05"),
+    "dataset.batch_size": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "dataset.num_workers": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
+    "dataset.val_fraction": (lambda v: _number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "dataset.test_fraction": (lambda v: _number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "dataset.n_train": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "dataset.n_val": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
+    "sampler.steps": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "trainer.max_epochs": (lambda v: _integer(v) and (v >= 1 or v == -1), "an integer ≥ 1 (or -1: no limit)"),
+    "trainer.max_steps": (lambda v: _integer(v) and (v >= 1 or v == -1), "an integer ≥ 1 (or -1: no limit)"),
+    "trainer.gradient_clip_val": (lambda v: _number(v) and v > 0, "a number > 0 (or null: no clipping)"),
+    "trainer.accumulate_grad_batches": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "trainer.log_every_n_steps": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "trainer.check_val_every_n_epoch": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "trainer.limit_train_batches": (lambda v: _number(v) and (0 < v <= 1 or (_integer(v) and v >= 1)),
+                                    "a fraction in (0, 1] or a number of batches ≥ 1"),
+    "callbacks.checkpoint.every_n_train_steps": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+}
+
+
+def check_values(cfg: Any) -> None:
+    """Each numeric value of ``VALUE_RULES`` present in the config has the right type and range."""
+    from omegaconf import OmegaConf
+
+    for key, (ok, what) in VALUE_RULES.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} must be {what}.")
 
 
 def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
     """Checks on the composed config itself; ``choices`` maps each group to its chosen file (Hydra's
     runtime choices), for the messages."""
+    check_values(cfg)
     choices = choices or {}
     ds, model = cfg.get("dataset"), cfg.get("model")
     ds_name, model_name = choices.get("dataset", "<dataset>"), choices.get("model", "<model>")
@@ -49,6 +106,16 @@ def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
 
 def check_sampler(sampler: Any, schedule: Any, parameterization: Any, key: str = "sampler") -> None:
     """One sampler against the model it will sample (``key`` names it in the message)."""
+    if not _integer(sampler.steps) or sampler.steps < 1:
+        raise ConfigError(f"{key}.steps={sampler.steps} must be an integer ≥ 1.")
+    params = inspect.signature(sampler.spec.fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                   and n not in ("generator", "progress")]
+        for name in sampler.options:
+            if name not in options:
+                raise ConfigError(f"{key}.{name} is not an option of sampler {sampler.name}; its options are "
+                                  f"{', '.join(options) or 'none'} (and steps, grid, rho, denoise_last, label).")
     if sampler.spec.needs_score and not getattr(parameterization, "gives_score", True):
         raise ConfigError(
             f"{key}={sampler.name} needs the score, but parameterization={parameterization.kind} cannot give one; "

@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.cli import run_reporting_errors
+from diffusion_lab.cli import entry_point, run_reporting_errors
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.runs import CONFIG_DIR, load_run, pick_device
 
@@ -61,4 +61,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -19,6 +19,7 @@ calls the network with ``parameterization.net_inputs(x, t)`` and reads its outpu
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.checkpoints import load_checkpoint
+from diffusion_lab.checkpoints import config_differences, load_checkpoint, state_dict_differences
 from diffusion_lab.config_checks import check_components, check_config
 from diffusion_lab.errors import CheckpointError, ConfigError, DiffusionLabError
 from diffusion_lab.evaluation import Evaluator, epoch_of_step
@@ -76,7 +77,8 @@ def instantiate_group(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         if isinstance(cause, DiffusionLabError):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"{group}: {_first_line(cause)}") from None
+            message = _first_line(cause)
+            raise ConfigError(message if f"{group}." in message or f"{group}=" in message else f"{group}: {message}") from None
         raise
 
 
@@ -126,7 +128,11 @@ def build_trainer(cfg: DictConfig, parts: Parts) -> pl.Trainer:
     """The Trainer of ``cfg.trainer`` with the configured logger and callbacks, plus the evaluation."""
     from diffusion_lab.lightning.evaluation import EvaluationCallback
 
-    logger = instantiate_group(cfg, "logger") if cfg.get("logger") is not None and cfg.logger.get("_target_") else False
+    logger = False
+    if cfg.get("logger") is not None and cfg.logger.get("_target_"):
+        if "wandb" in str(cfg.logger._target_).lower():
+            check_wandb_login()
+        logger = instantiate_group(cfg, "logger")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not logger:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -135,6 +141,21 @@ def build_trainer(cfg: DictConfig, parts: Parts) -> pl.Trainer:
     if parts.evaluator is not None:
         callbacks.append(EvaluationCallback(parts.evaluator, out_dir=cfg.run_dir))
     return instantiate_group(cfg, "trainer", logger=logger, callbacks=callbacks, default_root_dir=cfg.run_dir)
+
+
+def check_wandb_login() -> None:
+    """logger=wandb online needs credentials (WANDB_API_KEY or ``wandb login``'s netrc entry): without them
+    W&B would stop the run with a prompt or a traceback, so say so first."""
+    import os
+
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return
+    raise ConfigError("logger=wandb needs a W&B login (run `wandb login` or set WANDB_API_KEY); to log without one, "
+                      "set WANDB_MODE=offline and upload later with `wandb sync`.")
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -149,8 +170,52 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={p}: no checkpoint at {path}; give an existing .ckpt file "
                               "(ckpt_path=last resumes <run_dir>/checkpoints/last.ckpt, so set hydra.run.dir to the old run).")
-    load_checkpoint(path)  # fails with one sentence on a truncated or foreign file
     return str(path)
+
+
+#: the groups a resumed run must share with its checkpoint (the model the weights belong to)
+RESUME_GROUPS = ("model", "schedule", "parameterization", "loss")
+
+
+def prepare_resume(cfg: DictConfig, module: DiffusionModule) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from (None: a fresh start), checked against this run.
+
+    A checkpoint whose model, schedule, parameterization or loss differ from this run's is refused
+    with the differing keys named, and so is one whose weights do not fit the network; with
+    ``finetune=true`` its weights (EMA included) are loaded into this run, which then starts afresh
+    (step 0, new optimizer) instead of resuming."""
+    path = resolve_ckpt_path(cfg)
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path)  # one sentence for a truncated or foreign file
+    finetune = bool(cfg.get("finetune", False))
+    current = OmegaConf.to_container(cfg, resolve=True)
+    diffs = config_differences(ckpt["hyper_parameters"]["config"], current, RESUME_GROUPS)
+    if diffs and not finetune:
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} was trained with other settings ({'; '.join(diffs[:4])}"
+                              f"{'; ...' if len(diffs) > 4 else ''}); resume with the checkpoint's settings, or set "
+                              "finetune=true to start a new run from its weights.")
+    shapes = state_dict_differences(module.state_dict(), ckpt["state_dict"])
+    if shapes:
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not fit this network ({'; '.join(shapes[:3])}"
+                              f"{'; ...' if len(shapes) > 3 else ''}); use a checkpoint of the same model.")
+    if finetune:
+        module.load_state_dict(ckpt["state_dict"])
+        log.info("finetune: loaded the weights of %s (step %s); training starts at step 0", path, ckpt.get("global_step"))
+        return None
+    return path
+
+
+def write_text(path: Path, text: str, key: str) -> Path:
+    """Write a small file of the run (creating its folder); an unwritable folder or a full disk becomes one
+    sentence naming the file and the config ``key`` that moves it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__).lower()
+        raise ConfigError(f"cannot write {path} ({reason}); set {key} to a writable folder with free space.") from None
+    return path
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -191,16 +256,21 @@ def load_run(ckpt_path: Any, device: str | torch.device = "cpu", sampler: Any = 
                               f"{path / 'checkpoints' / 'last.ckpt'}.")
     ckpt = load_checkpoint(path)
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    if sampler is not None and "_target_" not in sampler:
+        keys = ", ".join(f"sampler.{k}" for k in sampler)
+        raise ConfigError(f"{keys} set without a sampler: choose one with sampler=<name> (conf/sampler), e.g. "
+                          "sampler=ddim sampler.steps=20.")
     if sampler is not None:  # assignment replaces the group (a merge would keep the old sampler's options)
         cfg.sampler = OmegaConf.to_container(sampler, resolve=True) if OmegaConf.is_config(sampler) else sampler
     cfg.evaluation = (OmegaConf.to_container(evaluation, resolve=True) if OmegaConf.is_config(evaluation)
                       else evaluation)
     parts = build_parts(cfg, choices={})
     module = build_module(cfg, parts)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {ckpt_path} does not match the network its config builds (missing "
-                              f"{missing[:2]}, unexpected {unexpected[:2]}); was the model code changed since?")
+    diffs = state_dict_differences(module.state_dict(), ckpt["state_dict"])
+    if diffs:
+        raise CheckpointError(f"checkpoint {ckpt_path} does not match the network its config builds "
+                              f"({'; '.join(diffs[:3])}); was the model code changed since?")
+    module.load_state_dict(ckpt["state_dict"])
     module.to(device).eval()
     step = int(ckpt.get("global_step", 0))
     return LoadedRun(module, parts, cfg, epoch_of_step(step, ckpt.get("steps_per_epoch")), step)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.cli import run_reporting_errors
+from diffusion_lab.cli import entry_point, run_reporting_errors
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation import generate_samples
 from diffusion_lab.images import save_picture, to_unit
@@ -64,4 +64,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

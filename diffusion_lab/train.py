@@ -18,8 +18,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.cli import run_reporting_errors
-from diffusion_lab.runs import CONFIG_DIR, build_module, build_parts, build_trainer, hydra_choices, resolve_ckpt_path
+from diffusion_lab.cli import entry_point, run_reporting_errors
+from diffusion_lab.runs import (CONFIG_DIR, build_module, build_parts, build_trainer, hydra_choices, prepare_resume,
+                                write_text)
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     parts = build_parts(cfg, hydra_choices())
-    ckpt_path = resolve_ckpt_path(cfg)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     module = build_module(cfg, parts)
+    ckpt_path = prepare_resume(cfg, module)
+    run_dir = Path(cfg.run_dir)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), "hydra.run.dir")
+    parts.datamodule.setup()  # a missing or corrupt dataset stops here, before the trainer starts
     trainer = build_trainer(cfg, parts)
     trainer.fit(module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -52,4 +53,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

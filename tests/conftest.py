@@ -33,7 +33,7 @@ def compose_cfg(tmp_path):
 # a few optimizer steps of the default run, no sanity check, no progress bar: in-process wiring tests
 FAST_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.num_sanity_val_steps=0",
               "trainer.check_val_every_n_epoch=100", "trainer.log_every_n_steps=1", "optimizer.warmup_steps=1",
-              "callbacks.progress.refresh_rate=0", "evaluation.progress=false"]
+              "callbacks.progress.refresh_rate=0"]
 # the default UNet made small (4x fewer parameters): the wiring, not the network, is under test
 SMALL_UNET = ["model.ch=16", "model.num_res_blocks=1"]
 

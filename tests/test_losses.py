@@ -125,7 +125,7 @@ def test_weightings_translate_between_parameterizations(name):
         "score": a**2 / s**4,
     }
     x0_mse = delta.pow(2).mean(1)
-    # REFERENCE.md: ‖û − u‖² = (D/σ)²‖x̂0 − x0‖² = (D/α)²‖ε̂ − ε‖², D = α̇σ − σ̇α
+    # at fixed x_t: ‖û − u‖² = (D/σ)²‖x̂0 − x0‖² = (D/α)²‖ε̂ − ε‖², D = α̇σ − σ̇α
     u = c.alpha_dot * x0 + c.sigma_dot * eps
     Dc = ad * s - sd * a
     torch.testing.assert_close((pred.velocity - u).pow(2).sum(1), (Dc / s) ** 2 * delta.pow(2).sum(1), rtol=1e-8, atol=1e-12)

@@ -1,6 +1,6 @@
 """The conversion layer against exact math: every parameterization converts to every other and back,
 targets are read back exactly, EDM preconditioning matches Karras et al. 2022 (Table 1), the loss
-weights translate between parameterizations as REFERENCE.md says, and endpoints give 0, not NaN."""
+weights translate between parameterizations by the exact identities (‖û − u‖² = (D/σ)²‖x̂0 − x0‖², ...), and endpoints give 0, not NaN."""
 
 from __future__ import annotations
 

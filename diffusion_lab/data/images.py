@@ -9,6 +9,7 @@ DDPM flips CIFAR-10). CelebA follows DDPM/NCSN: a 140x140 centre crop resized to
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from torch.utils.data import Dataset
 
 from diffusion_lab.data.base import DiffusionDataModule, ImageTransform, TransformedTensorDataset, split_indices
 from diffusion_lab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _TV = {"mnist": ("MNIST", 1, 28, 10), "fashion_mnist": ("FashionMNIST", 1, 28, 10), "cifar10": ("CIFAR10", 3, 32, 10)}
 
@@ -122,14 +125,34 @@ class CelebADataModule(_ImageDataModule):
         return mk(train, tr, self.train_tf), mk(train, va, self.eval_tf), mk(test, torch.arange(len(test)), self.eval_tf)
 
 
+def unreadable_images(paths: list[str], progress: bool = True) -> list[str]:
+    """The files among ``paths`` that PIL cannot open and verify (truncated, corrupt, not an image)."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    bad = []
+    for p in tqdm(paths, desc="checking images", leave=False, disable=not progress or len(paths) < 1000):
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception:  # PIL raises many types for broken files
+            bad.append(p)
+    return bad
+
+
 class ImageFolderDataModule(_ImageDataModule):
     """Any folder of images (torchvision ImageFolder layout: one sub-folder per class), resized and
-    centre-cropped to ``image_size``; labelled by sub-folder when ``labelled``."""
+    centre-cropped to ``image_size``; labelled by sub-folder when ``labelled``.
+
+    Every file is checked (opened and verified) when the data is set up, before training: an unreadable
+    one stops the run naming it, or, with ``skip_corrupt``, is left out with a warning and a count."""
 
     def __init__(self, data_dir: str = "data/images", image_size: int = 64, channels: int = 3, labelled: bool = False,
                  batch_size: int = 128, num_workers: int = 4, seed: int = 0, val_fraction: float = 0.05,
-                 value_range: str = "[-1,1]", dequantize: bool = False, random_flip: bool = False, download: bool = False):
+                 value_range: str = "[-1,1]", dequantize: bool = False, random_flip: bool = False, download: bool = False,
+                 skip_corrupt: bool = False):
         super().__init__(data_dir, False, batch_size, num_workers, seed, val_fraction, value_range, dequantize, random_flip)
+        self.skip_corrupt = bool(skip_corrupt)
         if channels != 3:
             raise ValueError(f"dataset=image_folder reads RGB images; got dataset.channels={channels}.")
         self.channels, self.image_size, self.labelled_folders = 3, int(image_size), bool(labelled)
@@ -142,6 +165,18 @@ class ImageFolderDataModule(_ImageDataModule):
         if not Path(self.data_dir).is_dir():
             raise DataError(f"dataset=image_folder: {Path(self.data_dir).resolve()} is not a directory; set dataset.data_dir.")
         base = torchvision.datasets.ImageFolder(self.data_dir)
+        bad = unreadable_images([p for p, _ in base.samples])
+        if bad and not self.skip_corrupt:
+            raise DataError(f"dataset=image_folder: {len(bad)} of {len(base.samples)} files cannot be read as images "
+                            f"(first: {bad[0]}); remove them or set dataset.skip_corrupt=true to leave them out.")
+        if bad:
+            log.warning("dataset=image_folder: left out %d unreadable files of %d (first: %s)", len(bad),
+                        len(base.samples), bad[0])
+            keep = set(bad)
+            base.samples = [s for s in base.samples if s[0] not in keep]
+            base.imgs, base.targets = base.samples, [t for _, t in base.samples]
+        if not base.samples:
+            raise DataError(f"dataset=image_folder: no readable images under {Path(self.data_dir).resolve()}.")
         if self.labelled_folders:
             self.num_classes = len(base.classes)
         tr, va = split_indices(len(base), [0.0, self.val_fraction], self.seed)

@@ -15,7 +15,8 @@ linear in (x̂_0, ε̂), so its error is a t-dependent multiple of δx_0:
     velocity  δu = α̇ δx_0 + σ̇ δε = (D/σ) δx_0,  D = α̇σ − σ̇α      k² = D²/σ²
     edm       δF = δx_0 / c_out  (x̂_0 = c_skip x̃ + c_out F)        k² = 1/c_out² = (σ̃²+σ_d²)/(σ̃ σ_d)²
 
-(the velocity and ε rows are REFERENCE.md's ‖û−u‖² = (D/σ)²‖x̂_0−x_0‖² = (D/α)²‖ε̂−ε‖²). So a
+(the velocity and ε rows are the identities ‖û−u‖² = (D/σ)²‖x̂_0−x_0‖² = (D/α)²‖ε̂−ε‖², D = α̇σ − σ̇α, which
+follow from û − u = −(D/α)(ε̂ − ε), since u = (α̇/α) x − (D/α) ε, and ε̂ − ε = −(α/σ)(x̂_0 − x_0) at fixed x_t). So a
 network trained on its own target with per-sample multiplier m(t) = w(t)/k²(t) minimises exactly
 w(t)‖x̂_0 − x_0‖²: that is ``target_multiplier``, the one place where weightings meet
 parameterizations.

@@ -131,16 +131,6 @@ class Schedule(abc.ABC):
         s = broadcast_like(self.sigma(t), x0)
         return a * x0 + s * eps
 
-    def check_t(self, t: Tensor) -> None:
-        """Raise a clear error if any t lies outside [t_min, t_max] (with float slack)."""
-        lo, hi = float(t.min()), float(t.max())
-        slack = 1e-9
-        if lo < self.t_min - slack or hi > self.t_max + slack:
-            raise ValueError(
-                f"{type(self).__name__}: t in [{lo:.6g}, {hi:.6g}] leaves the schedule's range "
-                f"[{self.t_min:.6g}, {self.t_max:.6g}]; clamp t or change t_min/t_max."
-            )
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(t_min={self.t_min}, t_max={self.t_max})"
 
