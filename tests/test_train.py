@@ -44,15 +44,15 @@ def test_sweep_over_samplers_evaluates_each_sampler(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}
     env.pop("HYDRA_FULL_ERROR", None)
     cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "sampler=ddim,heun", "trainer.max_steps=12",
-           f"hydra.sweep.dir={tmp_path}", *SMALL_UNET, "evaluation.n=32", "evaluation.progress=false",
-           "trainer.num_sanity_val_steps=0", "callbacks.progress.refresh_rate=0"]
+           "sampler.steps=5", f"hydra.sweep.dir={tmp_path}", *SMALL_UNET, "dataset.batch_size=32", "evaluation.n=32",
+           "evaluation.progress=false", "trainer.num_sanity_val_steps=0", "callbacks.progress.refresh_rate=0"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     tables = {job: list(csv.DictReader(open(tmp_path / job / "eval" / "table.csv"))) for job in ("0", "1")}
     (ddim,), (heun,) = tables["0"], tables["1"]
-    assert (ddim["sampler"], ddim["nfe"], ddim["step"]) == ("ddim_50", "50.0", "12")
-    assert (heun["sampler"], heun["nfe"], heun["step"]) == ("heun_18", "35.0", "12")
+    assert (ddim["sampler"], ddim["nfe"], ddim["step"]) == ("ddim_5", "5.0", "12")
+    assert (heun["sampler"], heun["nfe"], heun["step"]) == ("heun_5", "9.0", "12")
     assert float(ddim["fid"]) != float(heun["fid"])
     pictures = [np.asarray(Image.open(tmp_path / job / "samples" / label / "epoch_0000.png"))
-                for job, label in (("0", "ddim_50"), ("1", "heun_18"))]
+                for job, label in (("0", "ddim_5"), ("1", "heun_5"))]
     assert pictures[0].shape == pictures[1].shape and not np.array_equal(*pictures)
