@@ -1,1 +1,1 @@
-"""Lightning glue: the LightningModule, EMA, and the callbacks that sample and evaluate."""
+"""Lightning glue: the LightningModule, EMA, the thin evaluation callback around ``diffusion_lab.evaluation``, loggers."""
