@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffusion_lab.data.base import DiffusionDataModule, ImageTransform, TransformedTensorDataset, split_indices
+from diffusion_lab.data.resumable import item_generator
 
 _TV = {"mnist": ("MNIST", 1, 28, 10), "fashion_mnist": ("FashionMNIST", 1, 28, 10), "cifar10": ("CIFAR10", 3, 32, 10)}
 
@@ -83,6 +84,7 @@ class _FolderDataset(Dataset):
         import torchvision.transforms.v2 as T
 
         self.base, self.indices, self.tf, self.labelled = base, indices, tf, labelled
+        self.random = tf.random  # the training sampler then hands (index, seed) keys
         ops = [T.PILToTensor()]
         if crop:
             ops.append(T.CenterCrop(crop))
@@ -92,9 +94,10 @@ class _FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, generator = item_generator(key)
         img, label = self.base[int(self.indices[i])]
-        x = self.tf(self.pre(img.convert("RGB")))
+        x = self.tf(self.pre(img.convert("RGB")), generator)
         return (x, label) if self.labelled else (x,)
 
 

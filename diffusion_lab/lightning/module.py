@@ -3,8 +3,10 @@ EMA weights used for sampling.
 
 Everything mathematical lives below (schedules, parameterization, losses, samplers); this file only
 wires it to Lightning: optimisation (Adam/AdamW, linear warm-up, gradient clipping through the
-Trainer), EMA updates after each optimizer step, the loss's own state (importance-sampling history)
-in the checkpoint, and ``generate`` for the sampling callbacks and entry points.
+Trainer), EMA updates after each optimizer step, and ``generate`` for the sampling callbacks and
+entry points. The random streams and the loss's own state (importance-sampling history) travel in
+the checkpoint through ``lightning.resume.ExactResume``; divergence is caught by
+``lightning.divergence.DivergenceGuard``.
 """
 
 from __future__ import annotations
@@ -57,10 +59,10 @@ class DiffusionModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_net = torch.compile(self.net) if compile else self.net
         # The training noise (t and ε) comes from this generator, seeded with seed + rank; its state
-        # travels in the checkpoint so a resumed run draws exactly what the uninterrupted run drew.
+        # travels in the checkpoint (ExactResume) so a resumed run draws what the uninterrupted run drew.
         self.seed = int(seed)
         self._noise_gen: torch.Generator | None = None
-        self._pending_rng: dict | None = None
+        self._step_images = 0  # images of the batches accumulated into the next optimizer step
         # The resolved config, as plain containers, so checkpoints load with weights_only=True.
         self.save_hyperparameters({"config": config or {}})
 
@@ -87,20 +89,13 @@ class DiffusionModule(pl.LightningModule):
     def noise_generator(self) -> torch.Generator:
         if self._noise_gen is None or self._noise_gen.device != self.device:
             self._noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
-            if self._pending_rng is not None:
-                self._noise_gen.set_state(self._pending_rng["noise"])
         return self._noise_gen
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, net_kwargs = self._images(batch)
         out = self.loss(self.train_net, x0, self.schedule, self.parameterization, generator=self.noise_generator,
                         net_kwargs=net_kwargs)
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(
-                f"train/loss is {float(out.loss)} at step {self.global_step} (epoch {self.current_epoch}); training "
-                "stopped and the last good checkpoint is kept — lower optimizer.lr, set trainer.gradient_clip_val, "
-                "or check the data."
-            )
+        self._step_images += x0.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         for k, v in out.logs.items():
             if k == "loss":
@@ -115,10 +110,12 @@ class DiffusionModule(pl.LightningModule):
         out = self.loss(self.net, x0, self.schedule, self.parameterization, generator=g, net_kwargs=net_kwargs)
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._pending_rng = None
-        x0, _ = self._images(batch)
-        self.ema.update(self.net, batch_size=x0.shape[0] * max(1, self.trainer.world_size))
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # the EMA follows every optimizer step, inside the step: a checkpoint written after this batch
+        # (callbacks' on_train_batch_end) holds the updated EMA and image counter
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.net, batch_size=self._step_images * max(1, self.trainer.world_size))
+        self._step_images = 0
 
     def configure_optimizers(self):
         c = self.optim_cfg
@@ -138,32 +135,6 @@ class DiffusionModule(pl.LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # ------------------------------------------------------------------ checkpoint extras
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
-        if bad:  # never overwrite a good checkpoint with a diverged model
-            raise FloatingPointError(
-                f"parameter {bad[0]} is not finite at step {self.global_step}; training stopped and the last good "
-                "checkpoint is kept — lower optimizer.lr or set trainer.gradient_clip_val."
-            )
-        if hasattr(self.loss, "state_dict"):
-            checkpoint["loss_state"] = self.loss.state_dict()
-        # RNG states (training noise, and the global generators used by dropout) for an exact resume
-        checkpoint["rng"] = {"noise": self.noise_generator.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "loss_state" in checkpoint and hasattr(self.loss, "load_state_dict"):
-            self.loss.load_state_dict(checkpoint["loss_state"])
-        rng = checkpoint.get("rng")
-        if rng is not None:
-            self._pending_rng = rng
-            self._noise_gen = None  # rebuilt from the saved state on the right device at first use
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, use_ema: bool = True, guidance=None) -> Denoiser:
