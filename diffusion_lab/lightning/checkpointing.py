@@ -69,12 +69,13 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         reason = e.strerror or errno.errorcode.get(e.errno or 0, type(e).__name__)
-        kept = (f"the previous {path.name} is intact" if path.is_file()
-                else f"no {path.name} had been written yet")
-        hint = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make the directory writable"
+        kept = sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)[-2:] if path.parent.is_dir() else []
+        kept = [p.name for p in kept]
+        fix = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"make {path.parent} writable"
         raise CheckpointError(
-            f"could not write checkpoint {path} ({reason}); training stopped, {kept} — {hint} and resume with "
-            f"ckpt_path=last."
+            f"could not write checkpoint {path} ({reason}), so training stopped; "
+            + (f"the checkpoints already written are intact (newest: {', '.join(kept)}) — {fix} and resume with ckpt_path=last."
+               if kept else f"no checkpoint had been written yet — {fix} and start again.")
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -9,9 +9,12 @@ times above its recent median has blown up (a learning rate far too large, bad d
 noise.
 
 The losses stay on the device and are read every ``check_every_n_steps`` steps (one host sync per
-read) and always before a checkpoint is written — so no checkpoint ever holds a diverged model, and
-the error names the first diverged step even when it is read a few steps later. Before a checkpoint
-is written the parameters are also checked for finiteness. Before each Adam/AdamW step the step size
+read) and always before a checkpoint is written; the error names the first diverged step even when
+it is read a few steps later. The loss of step s is computed with the weights *before* its update,
+so before a checkpoint of step s is written the weights it would hold are tested too: finite, and
+— when the module offers ``batch_loss(batch, generator)`` — their loss on the last training batch
+passes the same test (one forward pass per checkpoint). So no checkpoint ever holds a diverged
+model. Before each Adam/AdamW step the step size
 lr / (1 − β₁ᵗ) (Kingma & Ba 2015, Alg. 1) is checked against the largest float of the parameters, so
 that a learning rate that cannot work stops with one sentence instead of a PyTorch overflow.
 
@@ -54,18 +57,26 @@ class DivergenceGuard(Callback):
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device), not yet read
         self._saved_step: int | None = None  # step of the last checkpoint written (or resumed from)
         self._trainer: pl.Trainer | None = None
+        self._last_batch: Any = None  # for the loss of the weights about to be saved
 
     # ------------------------------------------------------------------ the test
-    def _first_diverged(self, values: list[tuple[int, float]]) -> tuple[int, str] | None:
-        """(step, reason) of the first diverged value; accepted ones join the history."""
+    def _diverged(self, v: float, what: str) -> str | None:
+        """Why the loss value ``v`` (described by ``what``) is diverged, or None."""
+        if not math.isfinite(v):
+            return f"{what} is {v}"
+        if self.factor is not None and self._history:
+            median = statistics.median(self._history)
+            if median > 0 and v > self.factor * median:
+                return (f"{what} ({v:.3g}) is more than {self.factor:g}× the running median {median:.3g} of the "
+                        "training loss (callbacks.divergence.factor)")
+        return None
+
+    def _first_diverged(self, values: list[tuple[int, float]]) -> str | None:
+        """The reason of the first diverged (step, loss); accepted ones join the history."""
         for step, v in values:
-            if not math.isfinite(v):
-                return step, f"the training loss is {v} at step {step}"
-            if self.factor is not None and self._history:
-                median = statistics.median(self._history)
-                if median > 0 and v > self.factor * median:
-                    return step, (f"the training loss {v:.3g} at step {step} is more than {self.factor:g}× its running "
-                                  f"median {median:.3g} (callbacks.divergence.factor)")
+            reason = self._diverged(v, f"the training loss at step {step}")
+            if reason is not None:
+                return reason
             self._history.append(v)
         return None
 
@@ -76,18 +87,21 @@ class DivergenceGuard(Callback):
         if pending:
             values = torch.stack([v for _, v in pending]).double().cpu().tolist()
             found = self._first_diverged([(s, v) for (s, _), v in zip(pending, values)])
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(found is not None, all=False):
-            found = found or (trainer.global_step, f"the training loss of another process diverged by step "
-                                                   f"{trainer.global_step}")
-        if found is not None:
-            self._stop(trainer, found[1])
+        self._stop_if(trainer, found)
 
-    def _stop(self, trainer: pl.Trainer, reason: str) -> None:
+    def _stop_if(self, trainer: pl.Trainer, reason: str | None) -> None:
+        """Stop with ``reason`` — on every process when any has one."""
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            reason = reason or f"the training loss of another process diverged by step {trainer.global_step}"
+        if reason is not None:
+            self._stop(trainer, reason)
+
+    def _stop(self, trainer: pl.Trainer, reason: str, verdict: str = "the run diverged", advice: str = ADVICE) -> None:
         if self._saved_step is not None:
             kept = f"{last_checkpoint_path(trainer)} (step {self._saved_step}) is kept"
         else:
             kept = "no checkpoint had been written"
-        raise DivergenceError(f"{reason}: the run diverged, so training stopped and {kept} — {ADVICE}.")
+        raise DivergenceError(f"{reason}: {verdict}, so training stopped and {kept} — {advice}.")
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -95,6 +109,7 @@ class DivergenceGuard(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._last_batch = batch
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._pending.append((trainer.global_step, loss.detach().reshape(())))
@@ -109,19 +124,24 @@ class DivergenceGuard(Callback):
             largest = torch.finfo(group["params"][0].dtype).max
             size = float(group["lr"]) / (1.0 - float(group["betas"][0]) ** step)
             if not size <= largest:
-                raise DivergenceError(
-                    f"optimizer.lr={group['lr']:g} makes the Adam step size lr/(1−β₁^{step}) = {size:.3g} at step {step} "
-                    f"overflow {group['params'][0].dtype} (largest {largest:.3g}), so the run cannot train — lower "
-                    "optimizer.lr."
-                )
+                self._stop(trainer, f"optimizer.lr={group['lr']:g} makes the Adam step size lr/(1−β₁^{step}) = {size:.3g} "
+                                    f"at step {step} overflow {group['params'][0].dtype} (largest {largest:.3g})",
+                           verdict="the run cannot train", advice="lower optimizer.lr")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self._check(trainer)  # no checkpoint of a diverged model
+        self._check(trainer)  # no checkpoint of a diverged model: the losses so far ...
+        step = trainer.global_step
         params = [p for p in pl_module.parameters() if p.is_floating_point()]
+        reason = None
         if params and not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
             name = next(n for n, p in pl_module.named_parameters() if p.is_floating_point() and not p.isfinite().all())
-            self._stop(trainer, f"parameter {name} is not finite at step {trainer.global_step}")
-        self._saved_step = trainer.global_step
+            reason = f"parameter {name} is not finite after step {step}"
+        elif self._last_batch is not None and hasattr(pl_module, "batch_loss"):  # ... and the weights to be saved
+            g = torch.Generator(device=pl_module.device).manual_seed(0)
+            loss = float(pl_module.batch_loss(self._last_batch, g))
+            reason = self._diverged(loss, f"the loss of the weights after step {step} on its batch")
+        self._stop_if(trainer, reason)
+        self._saved_step = step
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._saved_step = int(checkpoint.get("global_step", 0))

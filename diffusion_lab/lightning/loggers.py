@@ -20,6 +20,8 @@ Lightning's ``WandbLogger`` plus what a comparison dashboard needs:
 from __future__ import annotations
 
 import re
+import secrets
+import string
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,9 +37,7 @@ def run_id(save_dir: str | None) -> str:
     path = Path(save_dir or ".") / RUN_ID_FILE
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    from wandb.util import generate_id
-
-    return generate_id()
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id alphabet
 
 
 def sweep_group() -> str | None:

@@ -110,6 +110,19 @@ class DiffusionModule(pl.LightningModule):
         out = self.loss(self.net, x0, self.schedule, self.parameterization, generator=g, net_kwargs=net_kwargs)
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
+    @torch.no_grad()
+    def batch_loss(self, batch: Any, generator: torch.Generator) -> Tensor:
+        """The training loss of ``batch`` at the current weights, its noise from ``generator``; no side
+        effects (dropout off, no logging, no importance-sampling update). For the divergence guard."""
+        x0, net_kwargs = self._images(batch)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return self.loss(self.net, x0, self.schedule, self.parameterization, generator=generator,
+                             net_kwargs=net_kwargs).loss
+        finally:
+            self.net.train(was_training)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # the EMA follows every optimizer step, inside the step: a checkpoint written after this batch
         # (callbacks' on_train_batch_end) holds the updated EMA and image counter

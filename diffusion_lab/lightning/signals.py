@@ -5,8 +5,9 @@ from SLURM's ``--signal``, SIGUSR2 from submitit) finish the training step in pr
 
 The handler only records the signal; the work happens at the next point where Lightning's own
 checkpoints are consistent: the end of a training batch (at the end of a gradient-accumulation
-window), of a training epoch, or of validation — never in the middle of an optimizer step. A second
-signal stops at once without saving (Ctrl-C twice). Under DDP the decision is shared by all
+window), of a training epoch, or of validation — never in the middle of an optimizer step. After a
+training batch the run stops at the next hook, once Lightning has logged that step (before any
+validation or end-of-epoch sampling). A second signal stops at once without saving (Ctrl-C twice). Under DDP the decision is shared by all
 processes, which save together.
 
 For a pre-emption signal the handler that was installed before this one — Lightning's SLURM
@@ -68,12 +69,13 @@ class SaveOnSignal(Callback):
         self.signals = [getattr(signal, str(s)) for s in signals]
         self._previous: dict[int, Any] = {}
         self._received: int | None = None
+        self._stop: TrainingInterrupted | None = None  # raised at the next hook after the save
 
     # ------------------------------------------------------------------ handlers
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # Python delivers signals to the main thread only
-        self._received = None
+        self._received, self._stop = None, None
         for s in self.signals:
             self._previous[s] = signal.getsignal(s)
             signal.signal(s, self._on_signal)
@@ -96,7 +98,8 @@ class SaveOnSignal(Callback):
                     "(send it again to stop at once, without saving).", name)
 
     # ------------------------------------------------------------------ consistent points
-    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+    def _save_if_signalled(self, trainer: pl.Trainer) -> None:
+        """If a signal came: save last.ckpt now, requeue if pre-empted, and arm the stop."""
         signum = self._received
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
             signum = signum or signal.SIGTERM  # another process got it
@@ -114,7 +117,13 @@ class SaveOnSignal(Callback):
             then = "; the requeued job resumes from it" if requeued else ""
             log.warning("%s by %s after step %d, nothing lost: saved %s%s; resume with:\n  %s", what, name,
                         trainer.global_step, path, then, resume_command(trainer.default_root_dir))
-        raise TrainingInterrupted(128 + signum)
+        self._received = None
+        self._stop = TrainingInterrupted(128 + signum)
+
+    def _stop_if_armed(self) -> None:
+        if self._stop is not None:
+            stop, self._stop = self._stop, None
+            raise stop
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install()
@@ -122,13 +131,28 @@ class SaveOnSignal(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not trainer.fit_loop._should_accumulate():  # gradients of a partial window are not saved
-            self._stop_if_signalled(trainer)
+            self._save_if_signalled(trainer)  # stop at the next hook, once Lightning has logged this step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._stop_if_armed()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_armed()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_armed()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer)
+        self._stop_if_armed()
+        self._save_if_signalled(trainer)
+        self._stop_if_armed()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer)
+        self._save_if_signalled(trainer)
+        self._stop_if_armed()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_armed()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
