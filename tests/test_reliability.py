@@ -291,3 +291,23 @@ def test_ddp_two_cpu_processes_train_and_checkpoint(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 4  # limit_train_batches=4 per epoch, 32 images per rank per batch
+
+
+@pytest.mark.slow
+def test_ddp_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """Two CPU processes: each keeps its own noise generator and importance-sampling history, both
+    travel in the checkpoint, and a mid-epoch resume continues exactly."""
+    ddp = [*SMALL_UNET, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "model.dropout=0.1",
+           "schedule=ddpm", "schedule.num_timesteps=50", "loss=vlb", "model.learned_variance=true",
+           "loss.time_sampler.history=2", "trainer.max_epochs=50"]
+    res = _cli(tmp_path / "full", *ddp, "++trainer.max_steps=10")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _cli(tmp_path / "cut", *ddp, "++trainer.max_steps=6")
+    assert res.returncode == 0, res.stderr[-3000:]
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.ckpt")
+    assert cut["global_step"] == 6 and len(cut["rng"]) == len(cut["loss_state"]) == 2
+    assert not torch.equal(cut["rng"][0]["noise"], cut["rng"][1]["noise"])  # one stream per process
+    res = _cli(tmp_path / "cut", *ddp, "++trainer.max_steps=10", "ckpt_path=last")
+    assert res.returncode == 0, res.stderr[-3000:]
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")["state_dict"]
+    _assert_same_weights(full, load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.ckpt")["state_dict"])
