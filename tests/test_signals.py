@@ -84,9 +84,8 @@ def test_signal_saves_current_step_and_resume_is_exact(tmp_path, uninterrupted, 
     assert _max_diff(uninterrupted, _weights(resumed)) <= 1e-6
 
 
-def test_slurm_preemption_saves_requeues_and_the_requeued_job_resumes(tmp_path, uninterrupted, monkeypatch):
-    """SIGUSR1 under SLURM: last.ckpt and Lightning's hpc checkpoint at the current step, ``scontrol
-    requeue <job>``; the requeued job (same command, no ckpt_path) resumes from the hpc checkpoint."""
+def _slurm_env(tmp_path, monkeypatch):
+    """As inside a SLURM job (one task), with a fake ``scontrol`` that records its arguments (returned)."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
@@ -95,6 +94,13 @@ def test_slurm_preemption_saves_requeues_and_the_requeued_job_resumes(tmp_path, 
     for k, v in {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0",
                  "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():
         monkeypatch.setenv(k, v)
+    return calls
+
+
+def test_slurm_preemption_saves_requeues_and_the_requeued_job_resumes(tmp_path, uninterrupted, monkeypatch):
+    """SIGUSR1 under SLURM: last.ckpt and Lightning's hpc checkpoint at the current step, ``scontrol
+    requeue <job>``; the requeued job (same command, no ckpt_path) resumes from the hpc checkpoint."""
+    calls = _slurm_env(tmp_path, monkeypatch)
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
         _train(run_dir, f"++trainer.max_steps={STEPS}", "+callbacks.kill._target_=test_signals.SignalAt",
@@ -102,6 +108,30 @@ def test_slurm_preemption_saves_requeues_and_the_requeued_job_resumes(tmp_path, 
     assert calls.read_text().split() == ["requeue", "4242"]
     assert load_checkpoint(run_dir / "hpc_ckpt_1.ckpt")["global_step"] == 13
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 13
+    resumed = _train(run_dir, f"++trainer.max_steps={STEPS}")["module"]  # the requeued job
+    assert _max_diff(uninterrupted, _weights(resumed)) <= 1e-6
+
+
+def test_submitit_preemption_runs_its_handler_after_the_save_and_the_requeued_job_resumes(tmp_path, uninterrupted,
+                                                                                        monkeypatch):
+    """SIGUSR2 with a handler installed before training (as submitit's job environment does): the step
+    is saved first, then that handler runs (submitit requeues); the requeued job resumes from the
+    hpc_ckpt link without ckpt_path."""
+    _slurm_env(tmp_path, monkeypatch)
+    run_dir, seen = tmp_path / "run", []
+
+    def submitit_like(signum, frame):
+        seen.append(load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"])
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        with pytest.raises(TrainingInterrupted):
+            _train(run_dir, f"++trainer.max_steps={STEPS}", "+callbacks.kill._target_=test_signals.SignalAt",
+                   "+callbacks.kill.at_step=13", f"+callbacks.kill.signum={int(signal.SIGUSR2)}")
+        assert seen == [13] and signal.getsignal(signal.SIGUSR2) is submitit_like
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert load_checkpoint(run_dir / "hpc_ckpt_1.ckpt")["global_step"] == 13
     resumed = _train(run_dir, f"++trainer.max_steps={STEPS}")["module"]  # the requeued job
     assert _max_diff(uninterrupted, _weights(resumed)) <= 1e-6
 

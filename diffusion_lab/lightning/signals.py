@@ -7,26 +7,32 @@ The handler only records the signal; the work happens at the next point where Li
 checkpoints are consistent: the end of a training batch (at the end of a gradient-accumulation
 window), of a training epoch, or of validation — never in the middle of an optimizer step. After a
 training batch the run stops at the next hook, once Lightning has logged that step (before any
-validation or end-of-epoch sampling). A second signal stops at once without saving (Ctrl-C twice). Under DDP the decision is shared by all
-processes, which save together.
+validation or end-of-epoch sampling). A second signal stops at once without saving (Ctrl-C twice).
+Under DDP the decision is shared by all processes, which save together.
 
 For a pre-emption signal the handler that was installed before this one — Lightning's SLURM
-auto-requeue (``SLURMEnvironment``) or submitit's — runs after the save, at the same consistent
-point, so that the job is requeued from this step (Lightning's requeued job resumes from its
-``hpc_ckpt_*.ckpt`` by itself). DataLoader worker processes ignore SIGINT and SIGTERM
-(``data.resumable``): the main process stops them after the save.
+auto-requeue (``SLURMEnvironment``: saves ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue``) or
+submitit's (SIGUSR2) — runs after the save, at the same consistent point, so that the job is
+requeued from this step. A requeued SLURM job resumes by itself: Lightning loads the newest
+``<run dir>/hpc_ckpt_<n>.ckpt`` when no ckpt_path is given, and ``last.ckpt`` is linked there
+before the requeue (whichever handler requeues). DataLoader worker processes ignore SIGINT and
+SIGTERM (``data.resumable``): the main process stops them after the save.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import shutil
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import Callback
 
 from diffusion_lab.lightning.checkpointing import save_last_checkpoint
@@ -57,6 +63,18 @@ def resume_command(run_dir: str, overrides: Sequence[str] | None = None) -> str:
         shlex.quote(o) for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _FORGET]
     return " ".join(["python -m diffusion_lab.train", *kept, "ckpt_path=last",
                      f"hydra.run.dir={shlex.quote(str(run_dir))}"])
+
+
+def _link_for_slurm_requeue(trainer: pl.Trainer, path: Path) -> None:
+    """Under SLURM, make ``path`` the checkpoint a requeued job resumes from: Lightning loads the newest
+    ``hpc_ckpt_<n>.ckpt`` of the run directory (a hard link: no copy, no extra disk)."""
+    if not isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment) or not trainer.is_global_zero:
+        return
+    hpc = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
+    try:
+        os.link(path, hpc)
+    except OSError:
+        shutil.copyfile(path, hpc)
 
 
 class SaveOnSignal(Callback):
@@ -111,6 +129,7 @@ class SaveOnSignal(Callback):
         name = signal.Signals(signum).name
         requeued = signum in PREEMPTION and callable(previous)
         if requeued:
+            _link_for_slurm_requeue(trainer, path)
             previous(signum, None)  # Lightning's SLURM auto-requeue or submitit's: after the save
         if trainer.is_global_zero:
             what = "pre-empted" if signum in PREEMPTION else "stopped"
