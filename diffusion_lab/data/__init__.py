@@ -7,5 +7,6 @@ from diffusion_lab.data.digits import DigitsDataModule
 from diffusion_lab.data.images import CelebADataModule, ImageFolderDataModule, TorchvisionDataModule
 from diffusion_lab.data.toy import TOY_SETS, GaussianMixtureDataModule, ToyDataModule, make_toy
 
-__all__ = ["DiffusionDataModule", "EpochSeededSampler", "ResumableDataLoader", "ImageTransform", "DigitsDataModule", "TorchvisionDataModule",
+__all__ = ["DiffusionDataModule", "EpochSeededSampler", "ResumableDataLoader", "ImageTransform", "DigitsDataModule",
+           "TorchvisionDataModule",
            "CelebADataModule", "ImageFolderDataModule", "ToyDataModule", "GaussianMixtureDataModule", "TOY_SETS", "make_toy"]

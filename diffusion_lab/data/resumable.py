@@ -14,7 +14,8 @@ the uninterrupted run saw.
   the process-global generator. An item's augmentation then depends on nothing else: not on the
   worker process that loads it, the number of processes, or where the run was resumed.
 
-Worker processes ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group): stopping is
+A new pass draws its worker seed from the loader's own generator, so loaders never touch the
+global generator. Worker processes ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group): stopping is
 the main process's business, which saves the position first and then shuts them down.
 
 The position counts batches handed to the training loop. Lightning does not prefetch from a loader
@@ -124,9 +125,12 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any):
         fn = kwargs.get("worker_init_fn")
         kwargs["worker_init_fn"] = fn if isinstance(fn, IgnoreStopSignals) else IgnoreStopSignals(fn)
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSeededSampler):
+        sampler = kwargs.get("sampler")
+        if not isinstance(sampler, EpochSeededSampler):
             raise TypeError("ResumableDataLoader needs an EpochSeededSampler (sampler=...).")
+        # the worker processes' base seed comes from the loader's own generator, not the global one
+        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
+        super().__init__(*args, **kwargs)
         self._served = 0
 
     def __iter__(self) -> Iterator[Any]:
