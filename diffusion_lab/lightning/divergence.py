@@ -143,6 +143,9 @@ class DivergenceGuard(Callback):
         self._stop_if(trainer, reason)
         self._saved_step = step
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._last_batch, self._pending = None, []
+
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._saved_step = int(checkpoint.get("global_step", 0))
 
