@@ -34,6 +34,7 @@ def _integer(v: Any) -> bool:
 #: key → (test, what it must be); checked where the key exists and is not null (null = "off"/"default")
 VALUE_RULES: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
+    "optimizer.name": (lambda v: v in ("adam", "adamw"), "adam or adamw"),
     "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0, e.g. 2e-4"),
     "optimizer.eps": (lambda v: _number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number ≥ 0"),
