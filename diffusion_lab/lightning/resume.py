@@ -91,6 +91,10 @@ class ExactResume(Callback):
         streams = checkpoint.get("rng")
         if streams is not None:
             streams = dict(_mine(trainer, streams, "random streams"))
+            if isinstance(streams.get("cuda"), (list, tuple)):  # older checkpoints: every device's state
+                cuda = streams.pop("cuda")
+                if pl_module.device.type == "cuda" and pl_module.device.index is not None and pl_module.device.index < len(cuda):
+                    streams["cuda"] = cuda[pl_module.device.index]
             self._noise = streams.pop("noise", None)
             self._streams = streams  # put back before the first step (after start-up, validation, ...)
         loss = getattr(pl_module, "loss", None)
