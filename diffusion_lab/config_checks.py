@@ -83,9 +83,10 @@ def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
     check_values(cfg)
     choices = choices or {}
     ds, model = cfg.get("dataset"), cfg.get("model")
-    ds_name, model_name = choices.get("dataset", "<dataset>"), choices.get("model", "<model>")
     if ds is None or model is None:
         raise ConfigError("the config needs a dataset and a model group; add dataset=... and model=....")
+    ds_name = choices.get("dataset") or ds.get("name") or str(ds.get("_target_", "dataset")).rsplit(".", 1)[-1]
+    model_name = choices.get("model") or str(model.get("_target_", "model")).rsplit(".", 1)[-1]
     is_image_data = "image_size" in ds
     model_target = str(model.get("_target_", ""))
     if model_target.endswith("UNet") and not is_image_data:
