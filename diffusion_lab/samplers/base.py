@@ -7,7 +7,10 @@ A sampler is a plain function (k-diffusion style)
 that integrates from x at grid[0] down the decreasing time grid (``grids.time_grid``), asks the
 denoiser for predictions (never the raw network output), keeps its state in the dtype of x (the
 runner passes float64), and draws any noise from ``generator``. It is registered with
-``register(name, stochastic=..., order=..., nfe_per_step=..., default_grid=...)``.
+``register(name, stochastic=..., order=..., nfe_per_step=..., default_grid=..., visit_t_min=...)``;
+``default_grid`` is one spacing or a mapping schedule family → spacing (``grids.FAMILIES``), which
+``grid="auto"`` (the default of ``Sampler`` and of ``conf/sampler/*.yaml``) reads. The defaults of
+the ODE samplers were chosen by measurement (``experiments/sampler_accuracy/defaults.py``).
 
 ``Sampler`` is the configurable object that Hydra builds (``conf/sampler/*.yaml``): it draws the
 prior, builds the grid, runs the function and reports the NFE the denoiser actually counted.
@@ -17,14 +20,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion_lab.samplers.denoiser import DenoiserLike
-from diffusion_lab.samplers.grids import time_grid
+from diffusion_lab.samplers.grids import AUTO, FAMILIES, GRIDS, resolve_spacing, time_grid
 
 SamplerFn = Callable[..., Tensor]
 
@@ -37,22 +40,37 @@ class SamplerSpec:
     stochastic: bool
     order: float | None  # nominal order of convergence (ODE samplers), None if not meaningful
     nfe_per_step: float  # network calls per step (before the terminal denoise)
-    default_grid: str
+    grids: Mapping[str, str]  # schedule family → default spacing (what grid="auto" means)
+    visit_t_min: bool = True  # default end of the grid (``grids`` module docstring)
     needs_score: bool = False  # uses the score (Langevin / reverse SDE): requires a Gaussian model
     description: str = ""
+
+    @property
+    def default_grid(self) -> str:
+        """The default spacing when it is the same for every family, else "auto"."""
+        values = set(self.grids.values())
+        return values.pop() if len(values) == 1 else "auto"
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register(name: str, *, stochastic: bool, order: float | None, nfe_per_step: float, default_grid: str = "uniform",
-             needs_score: bool = False, description: str = "") -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator: register a sampler function under ``name``."""
+def register(name: str, *, stochastic: bool, order: float | None, nfe_per_step: float,
+             default_grid: str | Mapping[str, str] = "uniform", visit_t_min: bool = True, needs_score: bool = False,
+             description: str = "") -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator: register a sampler function under ``name``; ``default_grid`` is a spacing, "auto"
+    (``grids.AUTO``) or a mapping family → spacing covering every family of ``grids.FAMILIES``."""
+    if isinstance(default_grid, str):
+        grids = dict(AUTO) if default_grid == "auto" else {f: default_grid for f in FAMILIES}
+    else:
+        grids = dict(default_grid)
+    if set(grids) != set(FAMILIES) or not set(grids.values()) <= set(GRIDS) - {"auto"}:
+        raise ValueError(f"sampler {name!r}: default_grid must give a spacing for each of {FAMILIES}, got {grids}.")
 
     def deco(fn: SamplerFn) -> SamplerFn:
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is registered twice.")
-        SAMPLERS[name] = SamplerSpec(fn, stochastic, order, nfe_per_step, default_grid, needs_score,
+        SAMPLERS[name] = SamplerSpec(fn, stochastic, order, nfe_per_step, grids, visit_t_min, needs_score,
                                      description or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
 
@@ -79,17 +97,21 @@ class SampleResult:
 class Sampler:
     """A configured sampler: ``Sampler("dpm_solver_pp_2m", steps=10, grid="lambda")``.
 
-    ``options`` go to the sampler function (eta, churn, snr, ...). ``label`` names the sampler in logs
-    (default ``<name>_<steps>``)."""
+    ``grid`` is a spacing of ``grids.GRIDS``; None or "auto" takes the sampler's registered default for
+    the schedule's family. ``visit_t_min`` (None: the sampler's default) sets where the grid's last
+    positive node sits (``grids``). ``options`` go to the sampler function (eta, churn, snr, ...).
+    ``label`` names the sampler in logs (default ``<name>_<steps>``)."""
 
     def __init__(self, name: str, steps: int = 50, grid: str | None = None, label: str | None = None,
-                 rho: float = 7.0, denoise_last: bool = True, **options):
-        _ensure_registered()
+                 rho: float = 7.0, denoise_last: bool = True, visit_t_min: bool | None = None, **options):
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
         self.name, self.steps, self.rho, self.denoise_last = name, int(steps), float(rho), bool(denoise_last)
         self.spec = SAMPLERS[name]
-        self.grid = grid or self.spec.default_grid
+        self.grid = grid or "auto"
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid spacing {self.grid!r} for sampler {name!r}; choose one of {GRIDS}.")
+        self.visit_t_min = self.spec.visit_t_min if visit_t_min is None else bool(visit_t_min)
         self.label = label or f"{name}_{self.steps}"
         self.options = dict(options)
 
@@ -98,8 +120,13 @@ class Sampler:
         """"SDE" for stochastic samplers, "ODE" for deterministic ones."""
         return "SDE" if self.spec.stochastic else "ODE"
 
+    def spacing(self, schedule) -> str:
+        """The concrete spacing this sampler uses on ``schedule`` ("auto" resolved)."""
+        return resolve_spacing(schedule, self.grid, self.spec.grids)
+
     def time_grid(self, schedule) -> Tensor:
-        return time_grid(schedule, self.steps, self.grid, rho=self.rho, denoise_last=self.denoise_last)
+        return time_grid(schedule, self.steps, self.spacing(schedule), rho=self.rho, denoise_last=self.denoise_last,
+                         visit_t_min=self.visit_t_min)
 
     def __call__(self, denoiser: DenoiserLike, shape: tuple[int, ...] | None = None, *, x_T: Tensor | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
@@ -120,6 +147,3 @@ class Sampler:
         return f"Sampler({self.name!r}, steps={self.steps}, grid={self.grid!r}, options={self.options})"
 
 
-def _ensure_registered() -> None:
-    """Import the sampler families so that their @register decorators have run."""
-    import diffusion_lab.samplers  # noqa: F401  (the package __init__ imports every family)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.adams import Tail, tail_size
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -71,13 +72,17 @@ def dpm_solver_step(denoiser, x: Tensor, cur: Node, nxt: Node, eps_t: Tensor, or
     raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}.")
 
 
-def _sample(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, **kw) -> Tensor:
+def _sample(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, terminal: str = "multistep",
+            terminal_order: int | None = None, **kw) -> Tensor:
     sch = denoiser.schedule
+    t_order = terminal_order or order
+    tail = Tail(tail_size(t_order, terminal))
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, f"dpm_solver_{order}"):
         pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
         if is_terminal(s, sch):
-            return pred.x0
+            return tail.finish(x, cur, terminal, t_order)
         nxt = node(sch, s)
         x = dpm_solver_step(denoiser, x, cur, nxt, pred.eps, order, **kw)
         cur = nxt
@@ -95,14 +100,16 @@ def sample_dpm_solver_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.G
 @register("dpm_solver_2", stochastic=False, order=2, nfe_per_step=2, default_grid="lambda",
           description="DPM-Solver-2, single-step, noise prediction, r1=1/2")
 def sample_dpm_solver_2(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
+                        terminal: str = "multistep", terminal_order: int | None = None,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1): single-step, second order, 2 NFE per step."""
-    return _sample(2, denoiser, x, grid, progress, solver_type=solver_type, r1=r1)
+    return _sample(2, denoiser, x, grid, progress, terminal, terminal_order, solver_type=solver_type, r1=r1)
 
 
 @register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid="lambda",
           description="DPM-Solver-3, single-step, noise prediction, r1=1/3, r2=2/3")
 def sample_dpm_solver_3(denoiser, x: Tensor, grid: Tensor, *, r1: float = 1.0 / 3.0, r2: float = 2.0 / 3.0,
+                        terminal: str = "multistep", terminal_order: int | None = None,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2): single-step, third order, 3 NFE per step."""
-    return _sample(3, denoiser, x, grid, progress, r1=r1, r2=r2)
+    return _sample(3, denoiser, x, grid, progress, terminal, terminal_order, r1=r1, r2=r2)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.adams import Tail, tail_size
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -58,7 +59,7 @@ from diffusion_lab.samplers.exponential import (
     is_terminal,
     node,
     node_at_lambda,
-    ode_step_count,
+    ratio_order,
     taylor_terms,
 )
 
@@ -89,17 +90,26 @@ def multistep_terms(x0: Tensor, cur: Node, nxt: Node, history: list[tuple[Node, 
 
 
 def _sample_multistep(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, solver_type: str,
-                      lower_order_final: bool, variant: str = "derived") -> Tensor:
+                      lower_order_final: bool, variant: str = "derived", terminal: str = "multistep",
+                      terminal_order: int | None = None, final_threshold: int = 15,
+                      max_step_ratio: float = 0.0) -> Tensor:
     sch = denoiser.schedule
-    n_ode = ode_step_count(grid, sch)
+    steps = len(grid) - 1
+    t_order = terminal_order or order
+    tail = Tail(tail_size(t_order, terminal))
     history: list[tuple[Node, Tensor]] = []
     cur = node(sch, grid[0])
     for i, _, s in progress_steps(grid, progress, f"dpm_solver_pp_{order}m"):
-        x0 = denoiser(x, cur.t).x0
+        pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
+        p = final_order(order, i, steps, lower_order_final, final_threshold)
         if is_terminal(s, sch):
-            return x0
+            return tail.finish(x, cur, terminal, min(t_order, final_order(t_order, i, steps, lower_order_final,
+                                                                           final_threshold)))
+        x0 = pred.x0
         nxt = node(sch, s)
-        p = final_order(order, i, n_ode, lower_order_final)
+        if history:
+            p = ratio_order(p, nxt.lam - cur.lam, cur.lam - history[-1][0].lam, max_step_ratio)
         terms, coeffs = multistep_terms(x0, cur, nxt, history, p, solver_type, variant)
         x = exp_step(x, cur, nxt, terms, data=True, coeffs=coeffs)
         history = (history + [(cur, x0)])[-(order - 1):] if order > 1 else []
@@ -118,14 +128,20 @@ def sample_dpm_solver_pp_1(denoiser, x: Tensor, grid: Tensor, *, generator: torc
 @register("dpm_solver_pp_2s", stochastic=False, order=2, nfe_per_step=2, default_grid="lambda",
           description="DPM-Solver++(2S), single-step, data prediction, r=1/2")
 def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
+                            terminal: str = "multistep", terminal_order: int | None = None,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): single-step second order, 2 NFE per step."""
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): single-step second order, 2 NFE per step; the last
+    step to σ̃ = 0 is the Adams step through the predictions at the last grid nodes (``adams``)."""
     sch = denoiser.schedule
+    t_order = terminal_order or 2
+    tail = Tail(tail_size(t_order, terminal))
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, "dpm_solver_pp_2s"):
-        x0 = denoiser(x, cur.t).x0
+        pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
         if is_terminal(s, sch):
-            return x0
+            return tail.finish(x, cur, terminal, t_order)
+        x0 = pred.x0
         nxt = node(sch, s)
         h = nxt.lam - cur.lam
         mid = node_at_lambda(sch, cur.lam + r1 * h)
@@ -141,19 +157,23 @@ def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: s
 @register("dpm_solver_pp_2m", stochastic=False, order=2, nfe_per_step=1, default_grid="lambda",
           description="DPM-Solver++(2M), multistep, data prediction")
 def sample_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver",
-                            lower_order_final: bool = True, generator: torch.Generator | None = None,
-                            progress: bool = False) -> Tensor:
+                            lower_order_final: bool = True, final_threshold: int = 15, max_step_ratio: float = 2.0,
+                            terminal: str = "multistep", terminal_order: int | None = None,
+                            generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): multistep second order, 1 NFE per step."""
-    return _sample_multistep(2, denoiser, x, grid, progress, solver_type, lower_order_final)
+    return _sample_multistep(2, denoiser, x, grid, progress, solver_type, lower_order_final, "derived", terminal,
+                             terminal_order, final_threshold, max_step_ratio)
 
 
 @register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid="lambda",
-          description="DPM-Solver++(3M), multistep, data prediction, true third order")
+          description="DPM-Solver++(3M), multistep, data prediction, published or derived third-order update")
 def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "derived",
-                            solver_type: str = "dpm_solver", lower_order_final: bool = True,
+                            solver_type: str = "dpm_solver", lower_order_final: bool = True, final_threshold: int = 15,
+                            max_step_ratio: float = 2.0, terminal: str = "multistep", terminal_order: int | None = None,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-    """DPM-Solver++(3M), multistep third order (derived here; ``variant="published"`` reproduces the
-    second-order published update for comparison), 1 NFE per step."""
+    """DPM-Solver++(3M), multistep, 1 NFE per step: ``variant="published"`` (Lu et al. 2022b) or
+    ``"derived"`` (the true third-order update of the module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown 3M variant {variant!r}; choose one of {VARIANTS}.")
-    return _sample_multistep(3, denoiser, x, grid, progress, solver_type, lower_order_final, variant)
+    return _sample_multistep(3, denoiser, x, grid, progress, solver_type, lower_order_final, variant, terminal,
+                             terminal_order, final_threshold, max_step_ratio)
