@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import register
 from diffusion_lab.samplers.exponential import is_terminal, lambda_rate
 
@@ -35,7 +36,7 @@ from diffusion_lab.samplers.exponential import is_terminal, lambda_rate
 _ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
-@register("dopri5", stochastic=False, order=5, nfe_per_step=6, default_grid="lambda",
+@register("dopri5", stochastic=False, order=5, nfe_per_step=6, default_grid=ODE_GRIDS["dopri5"],
           description="adaptive Dormand–Prince 5(4) in λ via torchdiffeq (NFE counted)")
 def sample_dopri5(denoiser, x: Tensor, grid: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
                   method: str = "dopri5", generator: torch.Generator | None = None,

@@ -7,10 +7,10 @@ A sampler is a plain function (k-diffusion style)
 that integrates from x at grid[0] down the decreasing time grid (``grids.time_grid``), asks the
 denoiser for predictions (never the raw network output), keeps its state in the dtype of x (the
 runner passes float64), and draws any noise from ``generator``. It is registered with
-``register(name, stochastic=..., order=..., nfe_per_step=..., default_grid=..., visit_t_min=...)``;
-``default_grid`` is one spacing or a mapping schedule family → spacing (``grids.FAMILIES``), which
-``grid="auto"`` (the default of ``Sampler`` and of ``conf/sampler/*.yaml``) reads. The defaults of
-the ODE samplers were chosen by measurement (``experiments/sampler_accuracy/defaults.py``).
+``register(name, stochastic=..., order=..., nfe_per_step=..., default_grid=...)``; ``default_grid`` is
+one spacing or a mapping schedule family → spacing or (spacing, visit_t_min) (``grids.FAMILIES``),
+which ``grid="auto"`` (the default of ``Sampler`` and of ``conf/sampler/*.yaml``) reads. The ODE
+samplers' defaults were chosen by measurement (``defaults``; ``experiments/sampler_accuracy/defaults.py``).
 
 ``Sampler`` is the configurable object that Hydra builds (``conf/sampler/*.yaml``): it draws the
 prior, builds the grid, runs the function and reports the NFE the denoiser actually counted.
@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion_lab.samplers.denoiser import DenoiserLike
-from diffusion_lab.samplers.grids import AUTO, FAMILIES, GRIDS, resolve_spacing, time_grid
+from diffusion_lab.samplers.grids import AUTO, FAMILIES, GRIDS, resolve_spacing, schedule_family, time_grid
 
 SamplerFn = Callable[..., Tensor]
 
@@ -41,7 +41,7 @@ class SamplerSpec:
     order: float | None  # nominal order of convergence (ODE samplers), None if not meaningful
     nfe_per_step: float  # network calls per step (before the terminal denoise)
     grids: Mapping[str, str]  # schedule family → default spacing (what grid="auto" means)
-    visit_t_min: bool = True  # default end of the grid (``grids`` module docstring)
+    visits: Mapping[str, bool]  # schedule family → default end of the grid (``grids`` module docstring)
     needs_score: bool = False  # uses the score (Langevin / reverse SDE): requires a Gaussian model
     description: str = ""
 
@@ -56,21 +56,25 @@ SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register(name: str, *, stochastic: bool, order: float | None, nfe_per_step: float,
-             default_grid: str | Mapping[str, str] = "uniform", visit_t_min: bool = True, needs_score: bool = False,
+             default_grid: str | Mapping[str, str | tuple[str, bool]] = "uniform", needs_score: bool = False,
              description: str = "") -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator: register a sampler function under ``name``; ``default_grid`` is a spacing, "auto"
-    (``grids.AUTO``) or a mapping family → spacing covering every family of ``grids.FAMILIES``."""
+    """Decorator: register a sampler function under ``name``. ``default_grid``: a spacing, "auto"
+    (``grids.AUTO``), or a mapping over every family of ``grids.FAMILIES`` to a spacing or to
+    (spacing, visit_t_min); a plain spacing visits t_min."""
     if isinstance(default_grid, str):
-        grids = dict(AUTO) if default_grid == "auto" else {f: default_grid for f in FAMILIES}
+        table = dict(AUTO) if default_grid == "auto" else {f: default_grid for f in FAMILIES}
     else:
-        grids = dict(default_grid)
-    if set(grids) != set(FAMILIES) or not set(grids.values()) <= set(GRIDS) - {"auto"}:
-        raise ValueError(f"sampler {name!r}: default_grid must give a spacing for each of {FAMILIES}, got {grids}.")
+        table = dict(default_grid)
+    entries = {f: (v, True) if isinstance(v, str) else (str(v[0]), bool(v[1])) for f, v in table.items()}
+    if set(entries) != set(FAMILIES) or not {v[0] for v in entries.values()} <= set(GRIDS) - {"auto"}:
+        raise ValueError(f"sampler {name!r}: default_grid must give a spacing for each of {FAMILIES}, got {table}.")
+    grids = {f: v[0] for f, v in entries.items()}
+    visits = {f: v[1] for f, v in entries.items()}
 
     def deco(fn: SamplerFn) -> SamplerFn:
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is registered twice.")
-        SAMPLERS[name] = SamplerSpec(fn, stochastic, order, nfe_per_step, grids, visit_t_min, needs_score,
+        SAMPLERS[name] = SamplerSpec(fn, stochastic, order, nfe_per_step, grids, visits, needs_score,
                                      description or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
 
@@ -98,9 +102,9 @@ class Sampler:
     """A configured sampler: ``Sampler("dpm_solver_pp_2m", steps=10, grid="lambda")``.
 
     ``grid`` is a spacing of ``grids.GRIDS``; None or "auto" takes the sampler's registered default for
-    the schedule's family. ``visit_t_min`` (None: the sampler's default) sets where the grid's last
-    positive node sits (``grids``). ``options`` go to the sampler function (eta, churn, snr, ...).
-    ``label`` names the sampler in logs (default ``<name>_<steps>``)."""
+    the schedule's family. ``visit_t_min`` (None: the sampler's default for the family) sets where the
+    grid's last positive node sits (``grids``). ``options`` go to the sampler function (eta, churn,
+    snr, ...). ``label`` names the sampler in logs (default ``<name>_<steps>``)."""
 
     def __init__(self, name: str, steps: int = 50, grid: str | None = None, label: str | None = None,
                  rho: float = 7.0, denoise_last: bool = True, visit_t_min: bool | None = None, **options):
@@ -111,7 +115,7 @@ class Sampler:
         self.grid = grid or "auto"
         if self.grid not in GRIDS:
             raise ValueError(f"unknown grid spacing {self.grid!r} for sampler {name!r}; choose one of {GRIDS}.")
-        self.visit_t_min = self.spec.visit_t_min if visit_t_min is None else bool(visit_t_min)
+        self.visit_t_min = None if visit_t_min is None else bool(visit_t_min)
         self.label = label or f"{name}_{self.steps}"
         self.options = dict(options)
 
@@ -124,9 +128,15 @@ class Sampler:
         """The concrete spacing this sampler uses on ``schedule`` ("auto" resolved)."""
         return resolve_spacing(schedule, self.grid, self.spec.grids)
 
+    def visits_t_min(self, schedule) -> bool:
+        """Whether the grid's last positive node is t_min on ``schedule`` (None resolved)."""
+        if self.visit_t_min is not None:
+            return self.visit_t_min
+        return self.spec.visits[schedule_family(schedule)]
+
     def time_grid(self, schedule) -> Tensor:
         return time_grid(schedule, self.steps, self.spacing(schedule), rho=self.rho, denoise_last=self.denoise_last,
-                         visit_t_min=self.visit_t_min)
+                         visit_t_min=self.visits_t_min(schedule))
 
     def __call__(self, denoiser: DenoiserLike, shape: tuple[int, ...] | None = None, *, x_T: Tensor | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,

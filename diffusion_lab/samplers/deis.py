@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.adams import Tail, check_terminal
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import is_terminal, node
 
@@ -91,10 +92,10 @@ def deis_coefficients(schedule, times: list[float], t: float, s: float) -> list[
     return coeffs
 
 
-@register("deis", stochastic=False, order=3, nfe_per_step=1, default_grid="lambda",
+@register("deis", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["deis"],
           description="DEIS, exponential integrator with ε̂ extrapolated in t (tAB), orders 1–3")
 def sample_deis(denoiser, x: Tensor, grid: Tensor, *, order: int = 3, terminal: str = "multistep",
-                terminal_order: int | None = None, generator: torch.Generator | None = None,
+                terminal_order: int = 4, generator: torch.Generator | None = None,
                 progress: bool = False) -> Tensor:
     """tAB-DEIS (Zhang & Chen 2023): x_s = (α_s/α_t) x_t + α_s Σ_j C_j ε̂_j, 1 NFE per step."""
     if int(order) != order or not 1 <= order <= 3:

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -89,7 +90,7 @@ def _sample(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, termi
     return x
 
 
-@register("dpm_solver_1", stochastic=False, order=1, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_1", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_1"],
           description="DPM-Solver-1 (noise prediction) = DDIM η=0")
 def sample_dpm_solver_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.Generator | None = None,
                         progress: bool = False) -> Tensor:
@@ -97,19 +98,19 @@ def sample_dpm_solver_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.G
     return _sample(1, denoiser, x, grid, progress)
 
 
-@register("dpm_solver_2", stochastic=False, order=2, nfe_per_step=2, default_grid="lambda",
+@register("dpm_solver_2", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["dpm_solver_2"],
           description="DPM-Solver-2, single-step, noise prediction, r1=1/2")
 def sample_dpm_solver_2(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
-                        terminal: str = "multistep", terminal_order: int | None = None,
+                        terminal: str = "multistep", terminal_order: int = 2,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1): single-step, second order, 2 NFE per step."""
     return _sample(2, denoiser, x, grid, progress, terminal, terminal_order, solver_type=solver_type, r1=r1)
 
 
-@register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid="lambda",
+@register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid=ODE_GRIDS["dpm_solver_3"],
           description="DPM-Solver-3, single-step, noise prediction, r1=1/3, r2=2/3")
 def sample_dpm_solver_3(denoiser, x: Tensor, grid: Tensor, *, r1: float = 1.0 / 3.0, r2: float = 2.0 / 3.0,
-                        terminal: str = "multistep", terminal_order: int | None = None,
+                        terminal: str = "multistep", terminal_order: int = 4,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2): single-step, third order, 3 NFE per step."""
     return _sample(3, denoiser, x, grid, progress, terminal, terminal_order, r1=r1, r2=r2)

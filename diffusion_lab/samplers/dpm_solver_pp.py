@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -117,7 +118,7 @@ def _sample_multistep(order: int, denoiser, x: Tensor, grid: Tensor, progress: b
     return x
 
 
-@register("dpm_solver_pp_1", stochastic=False, order=1, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_pp_1", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_1"],
           description="DPM-Solver++(1) (data prediction) = DDIM η=0")
 def sample_dpm_solver_pp_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.Generator | None = None,
                            progress: bool = False) -> Tensor:
@@ -125,15 +126,15 @@ def sample_dpm_solver_pp_1(denoiser, x: Tensor, grid: Tensor, *, generator: torc
     return _sample_multistep(1, denoiser, x, grid, progress, "dpm_solver", False)
 
 
-@register("dpm_solver_pp_2s", stochastic=False, order=2, nfe_per_step=2, default_grid="lambda",
+@register("dpm_solver_pp_2s", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["dpm_solver_pp_2s"],
           description="DPM-Solver++(2S), single-step, data prediction, r=1/2")
 def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
-                            terminal: str = "multistep", terminal_order: int | None = None,
+                            terminal: str = "multistep", terminal_order: int = 3,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): single-step second order, 2 NFE per step; the last
     step to σ̃ = 0 is the Adams step through the predictions at the last grid nodes (``adams``)."""
     sch = denoiser.schedule
-    t_order = terminal_order or 2
+    t_order = terminal_order
     tail = Tail(tail_size(t_order, terminal))
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, "dpm_solver_pp_2s"):
@@ -154,22 +155,22 @@ def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: s
     return x
 
 
-@register("dpm_solver_pp_2m", stochastic=False, order=2, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_pp_2m", stochastic=False, order=2, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_2m"],
           description="DPM-Solver++(2M), multistep, data prediction")
 def sample_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver",
-                            lower_order_final: bool = True, final_threshold: int = 15, max_step_ratio: float = 2.0,
-                            terminal: str = "multistep", terminal_order: int | None = None,
+                            lower_order_final: bool = False, final_threshold: int = 15, max_step_ratio: float = 2.0,
+                            terminal: str = "multistep", terminal_order: int = 2,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): multistep second order, 1 NFE per step."""
     return _sample_multistep(2, denoiser, x, grid, progress, solver_type, lower_order_final, "derived", terminal,
                              terminal_order, final_threshold, max_step_ratio)
 
 
-@register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_3m"],
           description="DPM-Solver++(3M), multistep, data prediction, published or derived third-order update")
-def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "derived",
-                            solver_type: str = "dpm_solver", lower_order_final: bool = True, final_threshold: int = 15,
-                            max_step_ratio: float = 2.0, terminal: str = "multistep", terminal_order: int | None = None,
+def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "published",
+                            solver_type: str = "dpm_solver", lower_order_final: bool = False, final_threshold: int = 15,
+                            max_step_ratio: float = 2.0, terminal: str = "multistep", terminal_order: int = 2,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver++(3M), multistep, 1 NFE per step: ``variant="published"`` (Lu et al. 2022b) or
     ``"derived"`` (the true third-order update of the module docstring)."""

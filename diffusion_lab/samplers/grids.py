@@ -31,7 +31,9 @@ Spacings:
   even: linspace rounds linspace(0, T − 1, n) (DDIM's and PNDM's; with ``visit_t_min=False`` the
   n + 1 points without the last, DPM-Solver's and UniPC's), leading takes k·⌊T/n⌋ (steps_offset 0)
   and so never starts at T, trailing rounds arange(T, 0, −T/n) and starts at T. leading and
-  trailing are the same in both conventions (``visit_t_min`` does not change them).
+  trailing are the same in both conventions (``visit_t_min`` does not change them). One exception:
+  a single step (n = 1) starts at T, where diffusers' linspace gives the timestep 0; and for some n
+  (61 on T = 1000) diffusers' trailing arange yields an extra timestep −1, which we do not take.
 * ``auto``       the spacing registered for the sampler and the schedule's family (``FAMILIES``;
   ``base.SamplerSpec.grids``); without a sampler, ``linspace`` on a discrete schedule and
   ``uniform`` on a continuous one.

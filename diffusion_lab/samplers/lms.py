@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.adams import Tail, check_terminal
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import is_terminal, node
 
@@ -51,7 +52,7 @@ def _check_order(name: str, order: int) -> int:
     return int(order)
 
 
-@register("lms", stochastic=False, order=4, nfe_per_step=1, default_grid="karras",
+@register("lms", stochastic=False, order=4, nfe_per_step=1, default_grid=ODE_GRIDS["lms"],
           description="linear multistep (Adams–Bashforth) in σ̃, orders 1–4 (k-diffusion's LMS)")
 def sample_lms(denoiser, x: Tensor, grid: Tensor, *, order: int = 4, terminal: str = "multistep",
                generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
@@ -71,9 +72,9 @@ def sample_lms(denoiser, x: Tensor, grid: Tensor, *, order: int = 4, terminal: s
     return x
 
 
-@register("ipndm", stochastic=False, order=4, nfe_per_step=1, default_grid="karras",
+@register("ipndm", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["ipndm"],
           description="improved PNDM: equal-step Adams–Bashforth coefficients in σ̃, orders 1–4")
-def sample_ipndm(denoiser, x: Tensor, grid: Tensor, *, order: int = 4, terminal: str = "multistep",
+def sample_ipndm(denoiser, x: Tensor, grid: Tensor, *, order: int = 3, terminal: str = "multistep",
                  generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """iPNDM (Zhang & Chen 2023): x̃_{i+1} = x̃_i + Δ_i Σ_j c_j d_j with the equal-step AB coefficients."""
     order = _check_order("ipndm", order)

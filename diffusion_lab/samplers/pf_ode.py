@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import Node, is_terminal, node, node_at_sigma_tilde
 
@@ -104,28 +105,28 @@ def _sample_rk(method: str, denoiser, x: Tensor, grid: Tensor, variable: str, pr
     return x
 
 
-@register("euler", stochastic=False, order=1, nfe_per_step=1, default_grid="karras",
+@register("euler", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["euler"],
           description="PF-ODE Euler in σ̃ (= DDIM η=0 = DPM-Solver-1); variable='t' for Euler in t")
 def sample_euler(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
-                 terminal_order: int | None = None, generator: torch.Generator | None = None,
+                 terminal_order: int = 1, generator: torch.Generator | None = None,
                  progress: bool = False) -> Tensor:
     """Euler's method on the PF-ODE dx̃/dσ̃ = ε̂ (or dx/dt = û with variable='t')."""
     return _sample_rk("euler", denoiser, x, grid, variable, progress, terminal, terminal_order)
 
 
-@register("heun", stochastic=False, order=2, nfe_per_step=2, default_grid="karras",
+@register("heun", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["heun"],
           description="PF-ODE Heun (EDM Alg. 1) in σ̃; last step to σ̃=0 an Adams step (or EDM's Euler step)")
 def sample_heun(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
-                terminal_order: int | None = None, generator: torch.Generator | None = None,
+                terminal_order: int = 2, generator: torch.Generator | None = None,
                 progress: bool = False) -> Tensor:
     """Heun's 2nd-order method on the PF-ODE (Karras et al. 2022, Alg. 1, deterministic)."""
     return _sample_rk("heun", denoiser, x, grid, variable, progress, terminal, terminal_order)
 
 
-@register("rk4", stochastic=False, order=4, nfe_per_step=4, default_grid="karras",
+@register("rk4", stochastic=False, order=4, nfe_per_step=4, default_grid=ODE_GRIDS["rk4"],
           description="PF-ODE classical 4th-order Runge–Kutta in σ̃")
 def sample_rk4(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
-               terminal_order: int | None = None, generator: torch.Generator | None = None,
+               terminal_order: int = 3, generator: torch.Generator | None = None,
                progress: bool = False) -> Tensor:
     """Classical RK4 on the PF-ODE dx̃/dσ̃ = ε̂ (or dx/dt = û with variable='t')."""
     return _sample_rk("rk4", denoiser, x, grid, variable, progress, terminal, terminal_order)

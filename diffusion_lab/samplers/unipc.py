@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -53,6 +54,8 @@ from diffusion_lab.samplers.exponential import (
 )
 
 UNIPC_VARIANTS = ("bh1", "bh2")
+#: default order of the last step to σ̃ = 0 (measured: experiments/sampler_accuracy/DEFAULTS.md)
+TERMINAL_ORDER = {2: 4, 3: 2}
 
 
 def b_of_h(h: float, variant: str) -> float:
@@ -121,11 +124,11 @@ def _sample_unipc(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool,
 
 
 def _register(order: int):
-    @register(f"unipc_{order}", stochastic=False, order=order + 1, nfe_per_step=1, default_grid="lambda",
+    @register(f"unipc_{order}", stochastic=False, order=order + 1, nfe_per_step=1, default_grid=ODE_GRIDS[f"unipc_{order}"],
               description=f"UniPC-{order} (UniP-{order} + UniC), data prediction, variant bh1|bh2")
     def sample(denoiser, x: Tensor, grid: Tensor, *, variant: str = "bh2", use_corrector: bool = True,
-               lower_order_final: bool = True, final_threshold: int = 15, max_step_ratio: float = 2.0,
-               corrector_last: bool = False, terminal: str = "multistep", terminal_order: int | None = None,
+               lower_order_final: bool = False, final_threshold: int = 15, max_step_ratio: float = 2.0,
+               corrector_last: bool = False, terminal: str = "multistep", terminal_order: int = TERMINAL_ORDER[order],
                generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
         return _sample_unipc(order, denoiser, x, grid, progress, variant, use_corrector, lower_order_final,
                              corrector_last, terminal, terminal_order, final_threshold, max_step_ratio)

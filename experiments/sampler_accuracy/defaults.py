@@ -1,20 +1,23 @@
 """How the ODE samplers' defaults were chosen: every candidate at NFE 10, 15, 20 on 2-D and 16-D
 mixtures under the five schedule families (discrete DDPM, VP, VE, EDM, rectified flow).
 
-    .venv/bin/python experiments/sampler_accuracy/defaults.py            # all stages, writes DEFAULTS.md
-    .venv/bin/python experiments/sampler_accuracy/defaults.py grids      # one stage: grids | options
+    .venv/bin/python experiments/sampler_accuracy/defaults.py                 # options, then grids
+    .venv/bin/python experiments/sampler_accuracy/defaults.py grids options   # stages in this order
 
 Score of a candidate = geometric mean of the endpoint error (``problem.error``, exact reference at
 σ = 0) over NFE ∈ {10, 15, 20} and the two mixtures, per family; a candidate that diverges anywhere
-scores inf.
+scores inf. Candidates within 5 % of the best score are a tie, broken by the same score at
+NFE ∈ {50, 100} (where the last step to σ = 0 decides the floor); exact ties (uniform ≡ λ on VE,
+uniform ≡ Karras on EDM) go to the first spacing of ``SPACINGS``.
 
-* stage ``grids``: for each sampler and family, the spacing (uniform, lambda, quadratic, karras ρ = 7;
-  on DDPM also linspace and trailing) × the grid's end (``visit_t_min`` True/False), with the sampler's
-  default options. The winner is the sampler's ``auto`` grid on that family (samplers/defaults.py).
-* stage ``options``: on those grids, the options that change the update: the 3M variant (published /
-  derived), the step-down near the end (``lower_order_final`` off, or below 10 / 15 / 20 / ∞ steps),
-  the order of the last step to σ̃ = 0 (``terminal_order``; 1 = the denoising jump) and UniPC's B(h).
-  The score here is the geometric mean over all five families.
+* stage ``options``: on the grids of the previous ``grids`` stage, the options that change the
+  update: the 3M variant (published / derived), the step-down near the end (``lower_order_final``
+  off, or below 10 / 15 / 20 / ∞ steps), the order of the last step to σ̃ = 0 (``terminal_order``;
+  1 = the denoising jump), UniPC's B(h), the order of LMS and iPNDM. The score here is the geometric
+  mean over all five families; the winner is the sampler's default option set.
+* stage ``grids``: with those options, for each sampler and family, the spacing (lambda, karras ρ = 7,
+  quadratic, uniform; on DDPM also linspace and trailing) × the grid's end (``visit_t_min``). The
+  winner is the sampler's ``auto`` grid on that family (``diffusion_lab/samplers/defaults.py``).
 
 Writes DEFAULTS.md and defaults.json beside this file (tables of scores, winners marked).
 """
@@ -42,14 +45,16 @@ DIMS = (2, 16)
 N_SAMPLES = 256
 ODE = ["ddim", "euler", "heun", "rk4", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2s", "dpm_solver_pp_2m",
        "dpm_solver_pp_3m", "unipc_2", "unipc_3", "deis", "lms", "ipndm"]
-SPACINGS = ("uniform", "lambda", "quadratic", "karras")
+SPACINGS = ("lambda", "karras", "quadratic", "uniform")
+NFES_TIE = (50, 100)
+TIE = 1.05
 DISCRETE_SPACINGS = ("linspace", "trailing")
 
 
-def score(cases, name: str, grid: str, visit_t_min: bool, options: dict) -> float:
+def score(cases, name: str, grid: str, visit_t_min: bool, options: dict, nfes=NFES) -> float:
     logs = []
     for case in cases:
-        for nfe in NFES:
+        for nfe in nfes:
             try:
                 s = Sampler(name, steps=steps_for(name, nfe), grid=grid, visit_t_min=visit_t_min, **options)
                 x = s(case.denoiser, x_T=case.x_T, progress=False).x
@@ -62,19 +67,36 @@ def score(cases, name: str, grid: str, visit_t_min: bool, options: dict) -> floa
     return math.exp(sum(logs) / len(logs))
 
 
-def stage_grids(cases_by_family) -> dict:
+def _split(grid: str) -> tuple[str, bool]:
+    return grid.replace("-early", ""), not grid.endswith("-early")
+
+
+def pick(scores: dict, tie_score) -> tuple[str, dict]:
+    """The key with the lowest score; within ``TIE`` of it, the lowest ``tie_score(key)`` (computed only
+    for the tied keys, returned as the second value)."""
+    best = min(scores.values())
+    tied = [k for k, v in scores.items() if v <= TIE * best]  # in insertion order: preferred first
+    if len(tied) == 1:
+        return tied[0], {}
+    tie = {k: tie_score(k) for k in tied}
+    low = min(tie.values())
+    return next(k for k in tied if tie[k] <= low * (1 + 1e-9)), tie
+
+
+def stage_grids(cases_by_family, chosen_options: dict) -> dict:
     out: dict = {}
     for name in ODE:
         out[name] = {}
+        opts = chosen_options.get(name, {})
         for fam, cases in cases_by_family.items():
             spacings = SPACINGS + (DISCRETE_SPACINGS if fam == "discrete" else ())
             res = {}
-            for sp, v in itertools.product(spacings, (True, False)):
-                if sp == "trailing" and not v:
+            for v, sp in itertools.product((False, True), spacings):
+                if sp == "trailing" and v:
                     continue  # trailing is the same in both conventions
-                res[f"{sp}{'' if v else '-early'}"] = score(cases, name, sp, v, {})
-            best = min(res, key=res.get)
-            out[name][fam] = {"scores": res, "best": best}
+                res[f"{sp}{'' if v else '-early'}"] = score(cases, name, sp, v, opts)
+            best, tie = pick(res, lambda k: score(cases, name, *_split(k), opts, NFES_TIE))
+            out[name][fam] = {"scores": res, "best": best, "tie_scores": tie}
             print(f"[grids] {name:17s} {fam:8s} best {best:18s} {res[best]:.2e}  "
                   + " ".join(f"{k}:{v:.1e}" for k, v in res.items()), flush=True)
     return out
@@ -105,18 +127,18 @@ def stage_options(cases_by_family, grids: dict) -> dict:
         cands = option_candidates(name)
         if len(cands) < 2:
             continue
-        res = []
-        for opts in cands:
+        def total(opts: dict, nfes=NFES) -> float:
             logs = []
             for fam, cs in cases_by_family.items():
-                best = grids[name][fam]["best"]
-                sp, v = best.replace("-early", ""), not best.endswith("-early")
-                logs.append(math.log(score(cs, name, sp, v, opts)))
-            res.append((math.exp(sum(logs) / len(logs)), opts))
-        res.sort(key=lambda r: r[0])
-        out[name] = [{"score": s, "options": o} for s, o in res]
-        print(f"[options] {name:17s} best {res[0][1]} {res[0][0]:.2e}; worst {res[-1][1]} {res[-1][0]:.2e}",
-              flush=True)
+                logs.append(math.log(score(cs, name, *_split(grids[name][fam]["best"]), opts, nfes)))
+            return math.exp(sum(logs) / len(logs))
+
+        scores = {json.dumps(o, sort_keys=True): total(o) for o in cands}
+        best, tie = pick(scores, lambda k: total(json.loads(k), NFES_TIE))
+        rows = sorted(({"score": v, "options": json.loads(k), "tie_score": tie.get(k)} for k, v in scores.items()),
+                      key=lambda r: r["score"])
+        out[name] = {"rows": rows, "best": json.loads(best)}
+        print(f"[options] {name:17s} best {best} {scores[best]:.2e} (ties: {len(tie)})", flush=True)
     del cases
     return out
 
@@ -142,13 +164,21 @@ def write(grids: dict, options: dict, seconds: float) -> None:
                 lines.append(f"| {fam} | " + " | ".join(cells) + " |")
             lines.append("")
     if options:
-        lines += ["## Options (on the default grids; geometric mean over the five families)", ""]
-        for name, rows in options.items():
-            lines += [f"### {name}", "", "| score | options |", "|---|---|"]
-            for i, r in enumerate(rows[:8]):
-                s = "inf" if not math.isfinite(r["score"]) else f"{r['score']:.3e}"
-                lines.append(f"| {'**' + s + '**' if i == 0 else s} | `{r['options']}` |")
-            lines.append(f"| … | ({len(rows)} candidates; worst {rows[-1]['score']:.3e} `{rows[-1]['options']}`) |")
+        lines += ["## Options (on the default grids; geometric mean over the five families)", "",
+                  f"Second column: the score at NFE {list(NFES_TIE)} of the candidates tied (within {TIE - 1:.0%}) "
+                  "with the best at NFE 10–20.", ""]
+        for name, r in options.items():
+            rows = r["rows"]
+            lines += [f"### {name}", "", f"| score NFE {NFES[0]}–{NFES[-1]} | tie-break NFE {NFES_TIE[0]}–{NFES_TIE[-1]} "
+                      "| options |", "|---|---|---|"]
+            for row in rows[:10]:
+                s = "inf" if not math.isfinite(row["score"]) else f"{row['score']:.3e}"
+                t = "" if row["tie_score"] is None else f"{row['tie_score']:.3e}"
+                mark = row["options"] == r["best"]
+                lines.append(f"| {'**' + s + '**' if mark else s} | {'**' + t + '**' if mark and t else t} | "
+                             f"`{row['options']}` |")
+            if len(rows) > 10:
+                lines.append(f"| … | | ({len(rows)} candidates; worst {rows[-1]['score']:.3e} `{rows[-1]['options']}`) |")
             lines.append("")
     (HERE / "DEFAULTS.md").write_text("\n".join(lines) + "\n")
     (HERE / "defaults.json").write_text(json.dumps({"grids": grids, "options": options}, indent=1,
@@ -157,14 +187,19 @@ def write(grids: dict, options: dict, seconds: float) -> None:
 
 def main() -> None:
     torch.set_num_threads(1)
-    stages = sys.argv[1:] or ["grids", "options"]
+    stages = sys.argv[1:] or ["options", "grids"]
     t0 = time.perf_counter()
     cases = {fam: [make_case(fam, d, N_SAMPLES) for d in DIMS] for fam in FAMILIES}
     print(f"references: {time.perf_counter() - t0:.1f}s", flush=True)
     previous = json.loads((HERE / "defaults.json").read_text()) if (HERE / "defaults.json").exists() else {}
-    grids = stage_grids(cases) if "grids" in stages else previous.get("grids", {})
-    options = stage_options(cases, grids) if "options" in stages else previous.get("options", {})
-    write(grids, options, time.perf_counter() - t0)
+    options = previous.get("options", {})
+    grids = previous.get("grids", {})
+    for stage in stages:
+        if stage == "grids":
+            grids = stage_grids(cases, {k: v["best"] for k, v in options.items() if "best" in v})
+        elif stage == "options":
+            options = stage_options(cases, grids)
+        write(grids, options, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
