@@ -167,11 +167,11 @@ def test_schedule_families_and_auto_grids():
     schedules = {"discrete": DDPMLinearSchedule(), "vp": VPLinearSchedule(), "ve": VESchedule(), "edm": EDMSchedule(),
                  "flow": RectifiedFlowSchedule()}
     for name, spec in SAMPLERS.items():
-        assert set(spec.grids) == set(FAMILIES), name
+        assert set(spec.grids) == set(spec.visits) == set(FAMILIES), name
         for fam, sch in schedules.items():
             s = Sampler(name, steps=6)  # grid "auto"
             assert s.grid == "auto" and s.spacing(sch) == spec.grids[fam]
-            expected = time_grid(sch, 6, spec.grids[fam], visit_t_min=spec.visit_t_min)
+            expected = time_grid(sch, 6, spec.grids[fam], visit_t_min=spec.visits[fam])
             assert torch.equal(s.time_grid(sch), expected), (name, fam)
 
 

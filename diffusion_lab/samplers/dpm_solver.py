@@ -23,8 +23,9 @@ term contributes h²φ_2 ε̂' + ½ r_2 h³ φ_2 ε̂''; the exact expansion nee
 φ_2(0) = ½, φ_3(0) = ⅙ this matches at leading order iff r_2/4 = 1/6. u_2 only needs second order.
 
 Registered as "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"; ``steps`` counts grid intervals and
-each ODE step costs ``order`` NFE; the terminal step to t = 0 returns x̂_0 (1 NFE). Default grid:
-uniform in λ (the paper's choice for these solvers). Nominal orders 1, 2, 3 (measured: see
+each ODE step costs ``order`` NFE; the last step to σ̃ = 0 (1 NFE, the prediction at the last node)
+is the Adams step in σ̃ through the predictions at the last grid nodes (``adams``; the jump x̂_0 with
+``terminal="denoise"``, and for DPM-Solver-1). Nominal orders 1, 2, 3 (measured: see
 tests/test_sampler_orders.py).
 """
 

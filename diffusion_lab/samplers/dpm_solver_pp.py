@@ -1,6 +1,6 @@
 """DPM-Solver++: exponential integrators in data-prediction form (Lu et al. 2022b, "DPM-Solver++:
 Fast Solver for Guided Sampling of Diffusion Probabilistic Models"), single-step (1, 2S) and
-multistep (2M, 3M), with a third-order multistep update derived here.
+multistep (2M, 3M), with the published 3M update and a true third-order one derived here.
 
 Exact solution (``exponential``; h = λ_s − λ_t > 0, x̂_0 as a function of λ along the path):
 
@@ -29,18 +29,26 @@ each accurate to O(h²) and O(h) respectively for non-uniform steps (h_1, h_2 = 
 has local error O(h⁴) and is third order (general r_j: ``exponential.taylor_terms``; the code
 solves the 2×2 Taylor system, which is algebraically the same as the formulas above).
 
-The published 3M (dpm-solver, diffusers, k-diffusion) multiplies hφ_3(−h) by h²δ_2 instead of
-2h²δ_2 — it uses D_2 = h² δ_2 = ½ h² p'' as if it were h² x̂_0''. That leaves a local error
-−½ h³ φ_3(0) x̂_0'' = −h³ x̂_0''/12 per step, i.e. a second-order method (measured ≈ 2, REFERENCE.md
-reports 1.92). It is kept only as ``variant="published"`` for the test that demonstrates the fix.
+The published 3M (Lu et al. 2022b's code, diffusers, k-diffusion) multiplies hφ_3(−h) by h²δ_2
+instead of 2h²δ_2 — it uses D_2 = h² δ_2 = ½ h² p'' as if it were h² x̂_0''. That leaves a local error
+−½ h³ φ_3(0) x̂_0'' = −h³ x̂_0''/12 per step, i.e. a second-order method in the limit (measured ≈ 2:
+tests/test_sampler_orders.py). At the step counts that matter it is nevertheless the more accurate
+update (1.5–2× at NFE 10–50 on the benchmark mixtures: the halved second difference is also a damped
+extrapolation on coarse grids), so it is the default, ``variant="published"``; ``variant="derived"``
+is the third-order update, better from NFE ≈ 100 (experiments/sampler_accuracy).
 
-Warm-up and step-down (``exponential.final_order``): the i-th ODE step (0-based) uses order
+Warm-up and step-down (``exponential.final_order``): the i-th step (0-based) uses order
 min(order, i+1) — 3M runs one first-order step, one second-order step (the 2M update), then third
 order. Those warm-up steps sit at t_max where x̂_0 varies in λ only like α/σ ≈ e^{λ(t_max)} (≈ 7e-3
 for VP, 1e-3 for rectified flow), so their lower local order is invisible at practical step counts.
-With ``lower_order_final=True`` (default) and fewer than 10 ODE steps, the k-th last step uses
-order ≤ k. The terminal step to t = 0 returns x̂_0, which is the prediction the multistep method
-has already made at t_min (so the total NFE equals the number of grid intervals).
+With ``lower_order_final=True`` and fewer than ``final_threshold`` steps the k-th last step uses
+order ≤ k (diffusers' rule); measured, it changes the error at NFE 10–20 by < 3 % once the grid ends
+one step above t_min and the last step is the Adams step below, so it is off by default.
+``exponential.ratio_order`` caps the order at 2 after a λ-step grows by more than ``max_step_ratio``.
+
+The last step to σ̃ = 0 (``adams``): the Adams step in σ̃ through the predictions already made at the
+last ``terminal_order`` grid nodes (no extra call; ``terminal="denoise"``: the jump x̂_0). So the
+total NFE equals the number of grid intervals.
 """
 
 from __future__ import annotations
@@ -167,7 +175,7 @@ def sample_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_type: s
 
 
 @register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_3m"],
-          description="DPM-Solver++(3M), multistep, data prediction, published or derived third-order update")
+          description="DPM-Solver++(3M), multistep, data prediction; published update (default) or true 3rd order")
 def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "published",
                             solver_type: str = "dpm_solver", lower_order_final: bool = False, final_threshold: int = 15,
                             max_step_ratio: float = 2.0, terminal: str = "multistep", terminal_order: int = 2,

@@ -15,7 +15,8 @@ d_j = ε̂(x̃_{i−j}, σ̃_{i−j}), m = min(order, i + 1) (warm-up with lower
              coefficients of *equal* steps applied to the actual step Δ_i = σ̃_{i+1} − σ̃_i,
                  order 1: x̃ + Δ d_0            order 2: x̃ + Δ (3d_0 − d_1)/2
                  order 3: x̃ + Δ (23d_0 − 16d_1 + 5d_2)/12
-                 order 4: x̃ + Δ (55d_0 − 59d_1 + 37d_2 − 9d_3)/24          (default 4).
+                 order 4: x̃ + Δ (55d_0 − 59d_1 + 37d_2 − 9d_3)/24
+             (default 3: the most accurate at NFE 10–20, experiments/sampler_accuracy/DEFAULTS.md).
              On a grid that is a smooth image of a uniform one (Karras' ρ-grid, λ-uniform) the step
              ratios are 1 + O(Δ) and the fixed coefficients keep second order; beyond that the order is
              measured (``tests/test_sampler_orders.py``); the variable-step version is ``lms``.
@@ -73,7 +74,7 @@ def sample_lms(denoiser, x: Tensor, grid: Tensor, *, order: int = 4, terminal: s
 
 
 @register("ipndm", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["ipndm"],
-          description="improved PNDM: equal-step Adams–Bashforth coefficients in σ̃, orders 1–4")
+          description="improved PNDM: equal-step Adams–Bashforth coefficients in σ̃, orders 1–4 (default 3)")
 def sample_ipndm(denoiser, x: Tensor, grid: Tensor, *, order: int = 3, terminal: str = "multistep",
                  generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """iPNDM (Zhang & Chen 2023): x̃_{i+1} = x̃_i + Δ_i Σ_j c_j d_j with the equal-step AB coefficients."""

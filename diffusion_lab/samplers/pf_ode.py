@@ -22,9 +22,10 @@ One step from σ̃_i to σ̃_{i+1} (Δ = σ̃_{i+1} − σ̃_i < 0, d(y, σ̃) =
     heun:   k1 = d(y, σ̃_i), k2 = d(y + Δ k1, σ̃_{i+1}), y' = y + Δ (k1 + k2)/2  (EDM Alg. 1)  2 NFE
     rk4:    the classical 4-stage Runge–Kutta method, midpoint stages at σ̃_i + Δ/2        4 NFE
 
-Nominal orders 1, 2, 4. The grid's terminal step to σ̃ = 0 (t = 0) is the Euler step there,
-x̃ − σ̃ ε̂ = x̂_0, for all three (EDM Alg. 1 takes an Euler step on its last interval): it costs
-1 NFE and returns x̂_0. Coefficients and stage times are float64; the state is in x's dtype.
+Nominal orders 1, 2, 4. The grid's last step to σ̃ = 0 (t = 0) costs 1 NFE (ε̂ at the last node) and
+is the Adams step in σ̃ through ε̂ at the last ``terminal_order`` nodes (``adams``); with order 1 or
+``terminal="denoise"`` it is the Euler step x̃ − σ̃ ε̂ = x̂_0 that EDM Alg. 1 takes on its last
+interval. Coefficients and stage times are float64; the state is in x's dtype.
 """
 
 from __future__ import annotations

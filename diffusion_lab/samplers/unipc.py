@@ -23,12 +23,13 @@ One step of UniPC-p (1 NFE per step):
       D = x̂_0(x_s^P, s) − x̂_0,t) → x_s^C, local error O(h^{p+2}): order p + 1 for free.
 
 The corrected x_s^C is the new state; its history value is the prediction at x_s^P (the difference
-is O(h^{p+1}) and enters the next step with weight O(h)). Warm-up and step-down as in
-``exponential.final_order`` (step i uses p = min(order, i + 1); with fewer than 10 ODE steps the
-k-th last step uses p ≤ k). The corrector is skipped on the last ODE step (``corrector_last=False``):
-it would need one more network call and one predictor-order local error does not lower the global
-order. The terminal step to t = 0 returns x̂_0(x_s^P) made at t_min. Nominal orders with the
-corrector: "unipc_2" → 3, "unipc_3" → 4 (``use_corrector=False``: 2 and 3).
+is O(h^{p+1}) and enters the next step with weight O(h)). Warm-up, optional step-down and the step-
+ratio cap as in ``dpm_solver_pp`` (``exponential.final_order``, ``exponential.ratio_order``). The
+corrector is skipped on the last ODE step (``corrector_last=False``): it would need one more network
+call and one predictor-order local error does not lower the global order. The last step to σ̃ = 0 is
+the Adams step in σ̃ (``adams``) through the predictions at the last ``terminal_order`` nodes (4 for
+UniPC-2, 2 for UniPC-3: measured), or the jump x̂_0(x_s^P) with ``terminal="denoise"``. Nominal
+orders with the corrector: "unipc_2" → 3, "unipc_3" → 4 (``use_corrector=False``: 2 and 3).
 """
 
 from __future__ import annotations

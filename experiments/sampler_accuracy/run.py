@@ -199,6 +199,13 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"unknown samplers {unknown}; registered: {sorted(SAMPLERS)}.")
     out_dir = Path(cfg.output_dir) if cfg.output_dir else HERE
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.tables_only:
+        saved = json.loads((out_dir / "results.json").read_text())
+        seconds = float(saved.get("seconds", 0.0))
+        (out_dir / "RESULTS.md").write_text(tables(cfg, saved["results"], seconds))
+        plot(cfg, saved["results"], out_dir / "error_vs_nfe.png")
+        print(f"rewrote {out_dir / 'RESULTS.md'} and error_vs_nfe.png from results.json")
+        return
     results: dict = {}
     for family, dim in cfg.problems:
         t1 = time.perf_counter()
@@ -222,7 +229,7 @@ def main(cfg: DictConfig) -> None:
     md = tables(cfg, results, seconds)
     (out_dir / "RESULTS.md").write_text(md)
     (out_dir / "results.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
-                                                      "results": results}, indent=1) + "\n")
+                                                      "seconds": seconds, "results": results}, indent=1) + "\n")
     plot(cfg, results, out_dir / "error_vs_nfe.png")
     print(md)
     print(f"wrote {out_dir / 'RESULTS.md'}, results.json, error_vs_nfe.png in {seconds / 60:.1f} min")
