@@ -86,12 +86,17 @@ def test_terminal_order_one_and_denoise_are_the_jump():
     x_T = sch.prior_sample((16, 3), generator=torch.Generator().manual_seed(1), dtype=F64)
     jump = Sampler("dpm_solver_pp_2m", steps=12, grid="lambda", terminal="denoise")(den, x_T=x_T, progress=False).x
     one = Sampler("dpm_solver_pp_2m", steps=12, grid="lambda", terminal_order=1)(den, x_T=x_T, progress=False).x
-    multi = Sampler("dpm_solver_pp_2m", steps=12, grid="lambda", terminal_order=2,
+    multi = Sampler("dpm_solver_pp_2m", steps=12, grid="lambda", terminal_order=2, terminal_reach=None,
                     lower_order_final=False)(den, x_T=x_T, progress=False).x
+    # with the default reach 2 the λ-steps of 12 steps (ratio e^h ≈ 2.2 in σ̃) leave only the last node: the jump
+    reach = Sampler("dpm_solver_pp_2m", steps=12, grid="lambda", terminal_order=2)(den, x_T=x_T, progress=False).x
+    torch.testing.assert_close(reach, jump, rtol=0, atol=1e-14)
     torch.testing.assert_close(one, jump, rtol=0, atol=1e-14)
     assert float((multi - jump).abs().max()) > 1e-6
     with pytest.raises(ValueError, match="terminal rule"):
         Sampler("unipc_2", steps=5, terminal="jump")(den, x_T=x_T, progress=False)
+    with pytest.raises(ValueError, match="terminal_reach"):
+        Sampler("unipc_2", steps=5, terminal_reach=0.5)(den, x_T=x_T, progress=False)
 
 
 # ------------------------------------------------------------------------------- the whole path to σ̃ = 0

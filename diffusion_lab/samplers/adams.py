@@ -24,8 +24,16 @@ solvers (DPM-Solver, UniPC) cannot continue to σ̃ = 0 (λ = ∞), but along th
 function of σ̃ down to 0 (x̂_0 and ε̂ depend on σ̃ only through the heat-kernel smoothing of p_0),
 so the last interval [σ̃_min, 0] is one more Adams step through the predictions the solver has
 already made at its last m grid nodes: no extra network call, and no call below t_min.
-``terminal="multistep"`` (default) does this with m = the solver's order; ``terminal="denoise"``
+``terminal="multistep"`` (default) does this with m = ``terminal_order``; ``terminal="denoise"``
 keeps the jump. For data concentrated on a point (ε̂ constant along the path) both are exact.
+
+Reach. On a coarse grid the earlier nodes lie far above the last one (a factor e^h in σ̃ per
+λ-step h ≈ 1 at NFE 10), and extrapolating ε̂ from there to σ̃ = 0 helps little on smooth data
+and, on a trained image model, lets the network's errors at those levels into the final image
+(classifier-FID +0.08 to +0.12 for UniPC-2 and DPM-Solver++(2M) at NFE 10 on 8×8 digits, against the
+jump). ``terminal_reach`` (default 2) keeps only the predictions at σ̃_j ≤ reach · σ̃ of the last node:
+on coarse grids the last step is then the jump, on fine ones (where the floor matters) the full
+Adams step (measured: experiments/sampler_accuracy/TRAINED.md).
 
 The interval [σ̃_min, 0] does not shrink as the grid is refined (the network is never asked about
 σ̃ < σ̃_min), so the multistep last step leaves a floor O(σ̃_min^{m+1} ε̂^{(m)}) instead of the jump's
@@ -82,10 +90,14 @@ def check_terminal(terminal: str) -> None:
 
 class Tail:
     """The predictions an ODE sampler made at its last ``size`` grid nodes along the path (σ̃_j, ε̂_j,
-    x̂_0,j), and the Adams step through them; ``add`` each on-path prediction in order."""
+    x̂_0,j), and the Adams step through them; ``add`` each on-path prediction in order. ``reach``: the
+    last step to σ̃ = 0 uses only predictions at σ̃_j ≤ reach · σ̃ of the last node (module docstring)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, reach: float | None = None):
         self.points: deque[tuple[float, Tensor, Tensor]] = deque(maxlen=max(int(size), 1))
+        if reach is not None and not reach >= 1.0:
+            raise ValueError(f"terminal_reach must be at least 1 (a factor in σ̃) or None, got {reach}.")
+        self.reach = reach
 
     def add(self, nd: Node, pred) -> None:
         """Remember the prediction ``pred`` made at (x, nd.t), x the sampler's state there."""
@@ -106,6 +118,12 @@ class Tail:
         ``terminal="denoise"`` or order 1, else the Adams step to σ̃ = 0 (module docstring)."""
         check_terminal(terminal)
         m = len(self.points) if order is None else min(int(order), len(self.points))
+        if self.reach is not None and m > 1:
+            pts = list(self.points)[::-1]
+            k = 1
+            while k < m and pts[k][0] <= self.reach * nd.sigma_tilde:
+                k += 1
+            m = k
         if terminal == "denoise" or m <= 1:
             if not self.points or self.points[-1][0] != nd.sigma_tilde:
                 raise RuntimeError("Tail: the last prediction added is not at the current node.")

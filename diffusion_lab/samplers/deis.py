@@ -95,7 +95,7 @@ def deis_coefficients(schedule, times: list[float], t: float, s: float) -> list[
 @register("deis", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["deis"],
           description="DEIS, exponential integrator with ε̂ extrapolated in t (tAB), orders 1–3")
 def sample_deis(denoiser, x: Tensor, grid: Tensor, *, order: int = 3, terminal: str = "multistep",
-                terminal_order: int = 4, generator: torch.Generator | None = None,
+                terminal_order: int = 4, terminal_reach: float | None = None, generator: torch.Generator | None = None,
                 progress: bool = False) -> Tensor:
     """tAB-DEIS (Zhang & Chen 2023): x_s = (α_s/α_t) x_t + α_s Σ_j C_j ε̂_j, 1 NFE per step."""
     if int(order) != order or not 1 <= order <= 3:
@@ -104,7 +104,7 @@ def sample_deis(denoiser, x: Tensor, grid: Tensor, *, order: int = 3, terminal: 
     order = int(order)
     sch = denoiser.schedule
     t_order = terminal_order or order
-    tail = Tail(max(order, t_order))
+    tail = Tail(max(order, t_order), terminal_reach)
     times: list[float] = []  # most recent first
     eps: list[Tensor] = []
     cur = node(sch, grid[0])

@@ -75,10 +75,10 @@ def dpm_solver_step(denoiser, x: Tensor, cur: Node, nxt: Node, eps_t: Tensor, or
 
 
 def _sample(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, terminal: str = "multistep",
-            terminal_order: int | None = None, **kw) -> Tensor:
+            terminal_order: int | None = None, terminal_reach: float | None = None, **kw) -> Tensor:
     sch = denoiser.schedule
     t_order = terminal_order or order
-    tail = Tail(tail_size(t_order, terminal))
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, f"dpm_solver_{order}"):
         pred = denoiser(x, cur.t)
@@ -102,16 +102,17 @@ def sample_dpm_solver_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.G
 @register("dpm_solver_2", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["dpm_solver_2"],
           description="DPM-Solver-2, single-step, noise prediction, r1=1/2")
 def sample_dpm_solver_2(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
-                        terminal: str = "multistep", terminal_order: int = 2,
+                        terminal: str = "multistep", terminal_order: int = 2, terminal_reach: float | None = 2.0,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1): single-step, second order, 2 NFE per step."""
-    return _sample(2, denoiser, x, grid, progress, terminal, terminal_order, solver_type=solver_type, r1=r1)
+    return _sample(2, denoiser, x, grid, progress, terminal, terminal_order, terminal_reach, solver_type=solver_type,
+                   r1=r1)
 
 
 @register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid=ODE_GRIDS["dpm_solver_3"],
           description="DPM-Solver-3, single-step, noise prediction, r1=1/3, r2=2/3")
 def sample_dpm_solver_3(denoiser, x: Tensor, grid: Tensor, *, r1: float = 1.0 / 3.0, r2: float = 2.0 / 3.0,
-                        terminal: str = "multistep", terminal_order: int = 4,
+                        terminal: str = "multistep", terminal_order: int = 4, terminal_reach: float | None = 2.0,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2): single-step, third order, 3 NFE per step."""
-    return _sample(3, denoiser, x, grid, progress, terminal, terminal_order, r1=r1, r2=r2)
+    return _sample(3, denoiser, x, grid, progress, terminal, terminal_order, terminal_reach, r1=r1, r2=r2)

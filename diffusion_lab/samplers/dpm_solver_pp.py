@@ -101,11 +101,11 @@ def multistep_terms(x0: Tensor, cur: Node, nxt: Node, history: list[tuple[Node, 
 def _sample_multistep(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, solver_type: str,
                       lower_order_final: bool, variant: str = "derived", terminal: str = "multistep",
                       terminal_order: int | None = None, final_threshold: int = 15,
-                      max_step_ratio: float = 0.0) -> Tensor:
+                      max_step_ratio: float = 0.0, terminal_reach: float | None = None) -> Tensor:
     sch = denoiser.schedule
     steps = len(grid) - 1
     t_order = terminal_order or order
-    tail = Tail(tail_size(t_order, terminal))
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     history: list[tuple[Node, Tensor]] = []
     cur = node(sch, grid[0])
     for i, _, s in progress_steps(grid, progress, f"dpm_solver_pp_{order}m"):
@@ -137,13 +137,13 @@ def sample_dpm_solver_pp_1(denoiser, x: Tensor, grid: Tensor, *, generator: torc
 @register("dpm_solver_pp_2s", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["dpm_solver_pp_2s"],
           description="DPM-Solver++(2S), single-step, data prediction, r=1/2")
 def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
-                            terminal: str = "multistep", terminal_order: int = 3,
+                            terminal: str = "multistep", terminal_order: int = 3, terminal_reach: float | None = 2.0,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): single-step second order, 2 NFE per step; the last
     step to σ̃ = 0 is the Adams step through the predictions at the last grid nodes (``adams``)."""
     sch = denoiser.schedule
     t_order = terminal_order
-    tail = Tail(tail_size(t_order, terminal))
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, "dpm_solver_pp_2s"):
         pred = denoiser(x, cur.t)
@@ -167,11 +167,11 @@ def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: s
           description="DPM-Solver++(2M), multistep, data prediction")
 def sample_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver",
                             lower_order_final: bool = False, final_threshold: int = 15, max_step_ratio: float = 2.0,
-                            terminal: str = "multistep", terminal_order: int = 2,
+                            terminal: str = "multistep", terminal_order: int = 2, terminal_reach: float | None = 2.0,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): multistep second order, 1 NFE per step."""
     return _sample_multistep(2, denoiser, x, grid, progress, solver_type, lower_order_final, "derived", terminal,
-                             terminal_order, final_threshold, max_step_ratio)
+                             terminal_order, final_threshold, max_step_ratio, terminal_reach)
 
 
 @register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_3m"],
@@ -179,10 +179,11 @@ def sample_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_type: s
 def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "published",
                             solver_type: str = "dpm_solver", lower_order_final: bool = False, final_threshold: int = 15,
                             max_step_ratio: float = 2.0, terminal: str = "multistep", terminal_order: int = 2,
-                            generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                            terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+                            progress: bool = False) -> Tensor:
     """DPM-Solver++(3M), multistep, 1 NFE per step: ``variant="published"`` (Lu et al. 2022b) or
     ``"derived"`` (the true third-order update of the module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown 3M variant {variant!r}; choose one of {VARIANTS}.")
     return _sample_multistep(3, denoiser, x, grid, progress, solver_type, lower_order_final, variant, terminal,
-                             terminal_order, final_threshold, max_step_ratio)
+                             terminal_order, final_threshold, max_step_ratio, terminal_reach)

@@ -56,12 +56,13 @@ def _check_order(name: str, order: int) -> int:
 @register("lms", stochastic=False, order=4, nfe_per_step=1, default_grid=ODE_GRIDS["lms"],
           description="linear multistep (Adams–Bashforth) in σ̃, orders 1–4 (k-diffusion's LMS)")
 def sample_lms(denoiser, x: Tensor, grid: Tensor, *, order: int = 4, terminal: str = "multistep",
+               terminal_reach: float | None = None,
                generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """Variable-step Adams–Bashforth of order ``order`` on dx̃/dσ̃ = ε̂, 1 NFE per step."""
     order = _check_order("lms", order)
     check_terminal(terminal)
     sch = denoiser.schedule
-    tail = Tail(order)
+    tail = Tail(order, terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, "lms"):
         tail.add(cur, denoiser(x, cur.t))
@@ -76,12 +77,13 @@ def sample_lms(denoiser, x: Tensor, grid: Tensor, *, order: int = 4, terminal: s
 @register("ipndm", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["ipndm"],
           description="improved PNDM: equal-step Adams–Bashforth coefficients in σ̃, orders 1–4 (default 3)")
 def sample_ipndm(denoiser, x: Tensor, grid: Tensor, *, order: int = 3, terminal: str = "multistep",
+                 terminal_reach: float | None = 2.0,
                  generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """iPNDM (Zhang & Chen 2023): x̃_{i+1} = x̃_i + Δ_i Σ_j c_j d_j with the equal-step AB coefficients."""
     order = _check_order("ipndm", order)
     check_terminal(terminal)
     sch = denoiser.schedule
-    tail = Tail(order)
+    tail = Tail(order, terminal_reach)
     ds: list[Tensor] = []  # most recent first
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, "ipndm"):

@@ -90,10 +90,10 @@ def rk_step(denoiser, x: Tensor, cur: Node, nxt: Node, method: str, variable: st
 
 
 def _sample_rk(method: str, denoiser, x: Tensor, grid: Tensor, variable: str, progress: bool, terminal: str,
-               terminal_order: int | None) -> Tensor:
+               terminal_order: int | None, terminal_reach: float | None) -> Tensor:
     sch = denoiser.schedule
     t_order = terminal_order or ORDERS[method]
-    tail = Tail(tail_size(t_order, terminal))
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, method):
         pred = denoiser(x, cur.t)
@@ -109,25 +109,25 @@ def _sample_rk(method: str, denoiser, x: Tensor, grid: Tensor, variable: str, pr
 @register("euler", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["euler"],
           description="PF-ODE Euler in σ̃ (= DDIM η=0 = DPM-Solver-1); variable='t' for Euler in t")
 def sample_euler(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
-                 terminal_order: int = 1, generator: torch.Generator | None = None,
+                 terminal_order: int = 1, terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
                  progress: bool = False) -> Tensor:
     """Euler's method on the PF-ODE dx̃/dσ̃ = ε̂ (or dx/dt = û with variable='t')."""
-    return _sample_rk("euler", denoiser, x, grid, variable, progress, terminal, terminal_order)
+    return _sample_rk("euler", denoiser, x, grid, variable, progress, terminal, terminal_order, terminal_reach)
 
 
 @register("heun", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["heun"],
           description="PF-ODE Heun (EDM Alg. 1) in σ̃; last step to σ̃=0 an Adams step (or EDM's Euler step)")
 def sample_heun(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
-                terminal_order: int = 2, generator: torch.Generator | None = None,
+                terminal_order: int = 2, terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
                 progress: bool = False) -> Tensor:
     """Heun's 2nd-order method on the PF-ODE (Karras et al. 2022, Alg. 1, deterministic)."""
-    return _sample_rk("heun", denoiser, x, grid, variable, progress, terminal, terminal_order)
+    return _sample_rk("heun", denoiser, x, grid, variable, progress, terminal, terminal_order, terminal_reach)
 
 
 @register("rk4", stochastic=False, order=4, nfe_per_step=4, default_grid=ODE_GRIDS["rk4"],
           description="PF-ODE classical 4th-order Runge–Kutta in σ̃")
 def sample_rk4(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
-               terminal_order: int = 3, generator: torch.Generator | None = None,
+               terminal_order: int = 3, terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
                progress: bool = False) -> Tensor:
     """Classical RK4 on the PF-ODE dx̃/dσ̃ = ε̂ (or dx/dt = û with variable='t')."""
-    return _sample_rk("rk4", denoiser, x, grid, variable, progress, terminal, terminal_order)
+    return _sample_rk("rk4", denoiser, x, grid, variable, progress, terminal, terminal_order, terminal_reach)

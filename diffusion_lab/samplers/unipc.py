@@ -84,13 +84,13 @@ def unipc_update(x: Tensor, x0: Tensor, cur: Node, nxt: Node, points: list[tuple
 def _sample_unipc(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, variant: str,
                   use_corrector: bool, lower_order_final: bool, corrector_last: bool, terminal: str = "multistep",
                   terminal_order: int | None = None, final_threshold: int = 15,
-                  max_step_ratio: float = 0.0) -> Tensor:
+                  max_step_ratio: float = 0.0, terminal_reach: float | None = None) -> Tensor:
     b_of_h(1.0, variant)  # validate early
     sch = denoiser.schedule
     steps = len(grid) - 1
     n_ode = ode_step_count(grid, sch)
     t_order = terminal_order or (order + 1 if use_corrector else order)
-    tail = Tail(tail_size(t_order, terminal))
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     history: list[tuple[Node, Tensor]] = []  # earlier grid points, most recent last
     cur = node(sch, grid[0])
     pred = denoiser(x, cur.t)
@@ -130,9 +130,10 @@ def _register(order: int):
     def sample(denoiser, x: Tensor, grid: Tensor, *, variant: str = "bh2", use_corrector: bool = True,
                lower_order_final: bool = False, final_threshold: int = 15, max_step_ratio: float = 2.0,
                corrector_last: bool = False, terminal: str = "multistep", terminal_order: int = TERMINAL_ORDER[order],
-               generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+               terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+               progress: bool = False) -> Tensor:
         return _sample_unipc(order, denoiser, x, grid, progress, variant, use_corrector, lower_order_final,
-                             corrector_last, terminal, terminal_order, final_threshold, max_step_ratio)
+                             corrector_last, terminal, terminal_order, final_threshold, max_step_ratio, terminal_reach)
 
     sample.__name__ = f"sample_unipc_{order}"
     sample.__doc__ = (f"UniPC-{order} (Zhao et al. 2023): multistep predictor of order {order} with the UniC "
