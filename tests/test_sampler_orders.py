@@ -52,7 +52,7 @@ NS_FOR = {("dpm_solver_3", "gauss"): (40, 80, 160), ("unipc_3", "gauss"): (80, 1
           ("unipc_3", "mix2d"): (160, 320, 640), ("unipc_3", "mix16d"): (160, 320, 640)}
 # the σ̃-polynomial samplers reach their slope later on a λ-uniform grid (geometric nodes in σ̃)
 NS_FOR.update({(k, c): (80, 160, 320) for k in ("lms_3", "lms_4", "deis_3") for c in ("gauss", "mix2d", "mix16d")})
-NS_FOR.update({(k, "gauss"): (40, 80, 160) for k in ("lms_2", "deis_2")})
+NS_FOR.update({(k, "gauss"): (40, 80, 160) for k in ("lms_2", "deis_2", "ipndm_3", "ipndm_4")})
 
 #: key → (sampler, nominal order, options)
 NOMINAL: dict[str, tuple[str, float, dict]] = {
