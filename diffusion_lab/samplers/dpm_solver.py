@@ -112,7 +112,7 @@ def sample_dpm_solver_2(denoiser, x: Tensor, grid: Tensor, *, solver_type: str =
 @register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid=ODE_GRIDS["dpm_solver_3"],
           description="DPM-Solver-3, single-step, noise prediction, r1=1/3, r2=2/3")
 def sample_dpm_solver_3(denoiser, x: Tensor, grid: Tensor, *, r1: float = 1.0 / 3.0, r2: float = 2.0 / 3.0,
-                        terminal: str = "multistep", terminal_order: int = 4, terminal_reach: float | None = 2.0,
+                        terminal: str = "multistep", terminal_order: int = 3, terminal_reach: float | None = 2.0,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2): single-step, third order, 3 NFE per step."""
     return _sample(3, denoiser, x, grid, progress, terminal, terminal_order, terminal_reach, r1=r1, r2=r2)

@@ -28,7 +28,7 @@ ratio cap as in ``dpm_solver_pp`` (``exponential.final_order``, ``exponential.ra
 corrector is skipped on the last ODE step (``corrector_last=False``): it would need one more network
 call and one predictor-order local error does not lower the global order. The last step to σ̃ = 0 is
 the Adams step in σ̃ (``adams``) through the predictions at the last ``terminal_order`` nodes (4 for
-UniPC-2, 2 for UniPC-3: measured), or the jump x̂_0(x_s^P) with ``terminal="denoise"``. Nominal
+both: measured), or the jump x̂_0(x_s^P) with ``terminal="denoise"``. Nominal
 orders with the corrector: "unipc_2" → 3, "unipc_3" → 4 (``use_corrector=False``: 2 and 3).
 """
 
@@ -56,7 +56,7 @@ from diffusion_lab.samplers.exponential import (
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 #: default order of the last step to σ̃ = 0 (measured: experiments/sampler_accuracy/DEFAULTS.md)
-TERMINAL_ORDER = {2: 4, 3: 2}
+TERMINAL_ORDER = {2: 4, 3: 4}
 
 
 def b_of_h(h: float, variant: str) -> float:
