@@ -12,7 +12,7 @@ predictions (σ̃_j, ε̂_j), j = 0..m−1 (σ̃_0 = a the current node):
 
 (``adams_weights``; local error O(Δ^{m+1}), Δ = max |σ̃_j − b|). This is k-diffusion's ``sample_lms``
 (Crowson 2022; Adams–Bashforth in σ, Hairer, Nørsett & Wanner 1993, §III.1) and DEIS's "ρAB"
-(Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", Eq. 15).
+(Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", ICLR).
 
 **The last step to σ̃ = 0.** The samplers' grids end at t_min (σ̃_min ≈ 0.002–0.01, the smallest
 noise level a network is trained on) followed by the clean data, σ̃ = 0. The classical last step,

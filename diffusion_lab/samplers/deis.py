@@ -1,5 +1,5 @@
 """DEIS with time-polynomial extrapolation, "tAB-DEIS" (Zhang & Chen 2023, "Fast Sampling of
-Diffusion Models with Exponential Integrator", Eq. 14 and Alg. 1), for any schedule, orders 1–3.
+Diffusion Models with Exponential Integrator", ICLR), for any schedule, orders 1–3.
 
 With x̃ = x/α and σ̃ = σ/α the probability-flow ODE is dx̃/dt = σ̃'(t) ε̂ (Karras et al. 2022, Eq. 4
 written in the schedule's own time), so from t to s < t, exactly,

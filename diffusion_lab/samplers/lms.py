@@ -7,10 +7,10 @@ d_j = ε̂(x̃_{i−j}, σ̃_{i−j}), m = min(order, i + 1) (warm-up with lower
 * ``lms``    the Adams–Bashforth step on the actual non-uniform nodes (``adams``):
                  x̃_{i+1} = x̃_i + Σ_j w_j d_j,   w_j = ∫_{σ̃_i}^{σ̃_{i+1}} ℓ_j(τ) dτ,
              k-diffusion's ``sample_lms`` (Crowson 2022; Hairer, Nørsett & Wanner 1993, §III.5 on
-             variable steps) and DEIS's ρAB (Zhang & Chen 2023, Eq. 15). Orders 1–4 (default 4); order 1
+             variable steps) and DEIS's ρAB (Zhang & Chen 2023). Orders 1–4 (default 4); order 1
              is Euler in σ̃ = DDIM(η=0).
 * ``ipndm``  improved PNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
-             Integrator", App. on iPNDM; Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion
+             Integrator", where it is introduced next to DEIS; Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion
              Models in Around 5 Steps", the strongest training-free baseline there): the Adams–Bashforth
              coefficients of *equal* steps applied to the actual step Δ_i = σ̃_{i+1} − σ̃_i,
                  order 1: x̃ + Δ d_0            order 2: x̃ + Δ (3d_0 − d_1)/2
