@@ -25,7 +25,7 @@ def test_optuna_sweep_minimises_the_returned_metric(tmp_path, monkeypatch):
     for job in ("0", "1", "2"):
         lines = (tmp_path / job / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
         header = lines[0].split(",")
-        col = header.index("eval/fid/dpm_solver_pp_2m_2")
+        col = header.index("eval/fid/unipc_2_2")
         fids += [float(r.split(",")[col]) for r in lines[1:] if r.split(",")[col]]
     assert len(fids) == 3 and result["best_value"] == pytest.approx(min(fids), rel=1e-6)
     assert set(result["best_params"]) == {"optimizer.lr", "ema.decay"}
