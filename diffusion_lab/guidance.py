@@ -190,17 +190,26 @@ class ClassifierGuidance(Guidance):
 
     ``classifier(x_in, noise_label) -> logits`` (a ``NoiseConditionalClassifier``), fed through
     ``classifier_inputs``; it runs in its own dtype and must be in eval mode. ``calls`` counts its
-    gradient evaluations (one forward and one backward pass each)."""
+    gradient evaluations (one forward and one backward pass each).
+
+    A class-conditional network gets the labels too (conditional model + classifier, as Dhariwal &
+    Nichol 2021 do), unless ``null_label``: then it gets the null label, i.e. classifier guidance of
+    the unconditional model inside a network trained with label dropout."""
 
     name = "classifier"
 
     def __init__(self, classifier: Callable[[Tensor, Tensor], Tensor], scale: float = 1.0,
                  interval: Sequence[float | None] | None = None, class_label: int | None = None,
-                 time_scale: float = CLASSIFIER_TIME_SCALE):
+                 null_label: bool = False, time_scale: float = CLASSIFIER_TIME_SCALE):
         super().__init__(scale, interval, class_label)
         self.classifier = classifier
+        self.null_label = bool(null_label)
         self.time_scale = float(time_scale)
         self.calls = 0
+
+    def branches(self, labels: Tensor | None, t: Tensor, schedule: Schedule) -> list[Tensor | None]:
+        labels = self._need_labels(labels)
+        return [torch.full_like(labels, NULL_LABEL) if self.null_label else labels]
 
     @property
     def num_classes(self) -> int | None:
