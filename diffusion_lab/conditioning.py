@@ -55,6 +55,16 @@ def dataset_differences(saved: dict, current: dict) -> list[str]:
             if a.get(k, "<unset>") != b.get(k, "<unset>")]
 
 
+def dataset_name(cfg: Any, choices: dict[str, str] | None = None) -> str:
+    """The dataset's name for messages: Hydra's choice, else its ``name`` key, else its class (DigitsDataModule → digits)."""
+    if (choices or {}).get("dataset"):
+        return choices["dataset"]
+    ds = cfg.get("dataset") or {}
+    if ds.get("name"):
+        return str(ds.get("name"))
+    return str(ds.get("_target_", "<dataset>")).split(".")[-1].replace("DataModule", "").lower() or "<dataset>"
+
+
 def load_noise_classifier(path: Any, cfg: DictConfig | dict, key: str = "guidance.classifier_ckpt") -> torch.nn.Module:
     """The classifier of a ``train_classifier`` checkpoint, in eval mode without gradients, after checking that
     it was trained on this run's dataset and schedule (one sentence naming the differing keys otherwise)."""
@@ -69,10 +79,9 @@ def load_noise_classifier(path: Any, cfg: DictConfig | dict, key: str = "guidanc
     current = _container(cfg)
     diffs = dataset_differences(saved, current) + config_differences(saved, current, ("schedule",))
     if diffs:
-        ds = (current.get("dataset") or {}).get("name") or str((current.get("dataset") or {}).get("_target_", "")).split(".")[-1]
         raise CheckpointError(f"{key}={path} was trained for another dataset or schedule ({'; '.join(diffs[:3])}"
                               f"{'; ...' if len(diffs) > 3 else ''}); train one for this run's data and schedule with "
-                              f"python -m diffusion_lab.train_classifier (dataset {ds}).")
+                              f"python -m diffusion_lab.train_classifier dataset={dataset_name(current)} and this run's schedule.")
     classifier = instantiate(saved["classifier"])
     state = {k[len("classifier."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")}
     diffs = state_dict_differences(classifier.state_dict(), state)
@@ -93,7 +102,7 @@ def build_conditioning(cfg: DictConfig, datamodule: Any, net: Any, choices: dict
     net_classes = getattr(net, "num_classes", None) or None
     kind = None if not target else ("classifier" if target.endswith("ClassifierGuidance") else
                                     "cfg" if target.endswith("ClassifierFreeGuidance") else target)
-    ds_name = (choices or {}).get("dataset") or (cfg.dataset.get("name") if cfg.get("dataset") else None) or "<dataset>"
+    ds_name = dataset_name(cfg, choices)
     common = dict(class_label=class_label, dataset_classes=dataset_classes, net_classes=net_classes,
                   p_uncond=float(cfg.get("p_uncond") or 0.0), dataset_name=ds_name)
     if kind is None:
