@@ -47,18 +47,19 @@ REPO = HERE.parent.parent
 SETTINGS = {
     # what 2 shared CPU cores train in minutes; say so in RESULTS.md
     "digits": {
-        "train": ["experiment=digits_cfg", "schedule=ddpm", "trainer.max_epochs=150", "evaluation.every_n_epochs=1000",
+        "train": ["experiment=digits_cfg", "schedule=ddpm", "trainer.max_epochs=80", "evaluation.every_n_epochs=1000",
                   "evaluation.n=250", "evaluation.likelihood=null"],
-        "classifier": ["classifier=digits", "schedule=ddpm", "trainer.max_epochs=60"],
-        "n": 1000, "likelihood_n": 256, "cfg_scales": [0.0, 0.5, 1.0, 2.0, 4.0],
+        "classifier": ["classifier=digits", "schedule=ddpm", "trainer.max_epochs=40"],
+        "n": 1000, "likelihood_n": 128, "cfg_scales": [0.0, 0.5, 1.0, 2.0, 4.0],
         "classifier_scales": [0.0, 1.0, 2.0, 4.0, 8.0], "steps": 20,
     },
     "mnist": {
         "train": ["experiment=digits_cfg", "dataset=mnist", "model=unet_mnist", "model.ch=16", "model.num_res_blocks=1",
-                  "schedule=ddpm", "trainer.max_epochs=3", "evaluation.every_n_epochs=1000", "evaluation.n=250",
-                  "evaluation.likelihood=null", "callbacks.progress.refresh_rate=50"],
-        "classifier": ["dataset=mnist", "classifier=mnist", "schedule=ddpm", "trainer.max_epochs=2",
-                       "trainer.check_val_every_n_epoch=1", "callbacks.progress.refresh_rate=50"],
+                  "schedule=ddpm", "trainer.max_epochs=1", "evaluation.every_n_epochs=1000", "evaluation.n=250",
+                  "evaluation.likelihood=null"],
+        "classifier": ["dataset=mnist", "dataset.val_fraction=0.02", "classifier=mnist", "schedule=ddpm",
+                       "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1"],
+        "likelihood": ["evaluation.likelihood.split=test"],
         "n": 500, "likelihood_n": 64, "cfg_scales": [0.0, 1.0, 2.0, 4.0],
         "classifier_scales": [0.0, 2.0, 4.0, 8.0], "steps": 20,
     },
@@ -136,7 +137,7 @@ def main() -> None:
         out = run_cli("evaluate", [f"ckpt_path={model_ckpt}", "evaluation=conditional", "evaluation.metrics=[]",
                                    "evaluation.n=10", "evaluation.grid_n=0", "evaluation.progress=false", "guidance=none",
                                    f"evaluation.likelihood.n={S['likelihood_n']}",
-                                   f"evaluation.likelihood.conditional={conditional}",
+                                   f"evaluation.likelihood.conditional={conditional}", *S.get("likelihood", []),
                                    f"out_dir={evals / ('likelihood_' + conditional)}"], commands)
         likelihood[conditional] = [r for r in out if r["kind"] == "likelihood"]
     timings["likelihood"] = time.perf_counter() - t0
@@ -165,9 +166,10 @@ def report(r: dict) -> str:
              f"({r['timings_s']['total'] / 60:.0f} min on 2 shared CPU cores, {r['threads']} threads):", ""]
     lines += [f"    {c}" for c in r["commands"]]
     lines += ["", "Scaled to what 2 shared CPU cores train in minutes: " + {
-        "digits": "150 epochs of the 8x8 digits (≈ 1,800 steps of 128) for the model, 60 epochs for the classifier.",
-        "mnist": "3 epochs (≈ 1,400 steps of 128) of a UNet shrunk to 16 base channels and 1 residual block per "
-                 "level for the model, 2 epochs for the classifier: far from converged — read the trends, not the "
+        "digits": "80 epochs of the 8x8 digits (≈ 960 steps of 128; the default run trains 150) for the model, "
+                  "40 epochs for the classifier.",
+        "mnist": "1 epoch (468 steps of 128) of a UNet shrunk to 16 base channels and 1 residual block per "
+                 "level for the model, 1 epoch for the classifier: far from converged — read the trends, not the "
                  "values."}[r["dataset"]],
               "One network serves both guidances: CFG combines its conditional and null-label passes; classifier "
               "guidance steers its null-label (unconditional) model with the noise-conditional classifier.",
