@@ -14,7 +14,6 @@ them (``Denoiser.labels``); the evaluation makes them class-balanced over the wh
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
