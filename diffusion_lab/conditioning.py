@@ -145,8 +145,7 @@ def build_classifier_run(cfg: DictConfig, choices: dict[str, str] | None = None)
     from diffusion_lab.runs import instantiate_group
 
     check_values(cfg)
-    choices = choices or {}
-    ds_name = choices.get("dataset", "<dataset>")
+    ds_name = dataset_name(cfg, choices)
     ds = cfg.get("dataset")
     if ds is None or ds.get("num_classes") is None:
         raise ConfigError(f"the noise-conditional classifier needs class labels, but dataset={ds_name} has none; use a "

@@ -35,6 +35,7 @@ def _integer(v: Any) -> bool:
 #: key → (test, what it must be); checked where the key exists and is not null (null = "off"/"default")
 VALUE_RULES: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
+    "optimizer.name": (lambda v: v in ("adam", "adamw"), "adam or adamw"),
     "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0, e.g. 2e-4"),
     "optimizer.eps": (lambda v: _number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number ≥ 0"),
@@ -86,9 +87,10 @@ def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
     check_values(cfg)
     choices = choices or {}
     ds, model = cfg.get("dataset"), cfg.get("model")
-    ds_name, model_name = choices.get("dataset", "<dataset>"), choices.get("model", "<model>")
     if ds is None or model is None:
         raise ConfigError("the config needs a dataset and a model group; add dataset=... and model=....")
+    ds_name = choices.get("dataset") or ds.get("name") or str(ds.get("_target_", "dataset")).rsplit(".", 1)[-1]
+    model_name = choices.get("model") or str(model.get("_target_", "model")).rsplit(".", 1)[-1]
     is_image_data = "image_size" in ds
     model_target = str(model.get("_target_", ""))
     if model_target.endswith("UNet") and not is_image_data:

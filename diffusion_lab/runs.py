@@ -72,9 +72,10 @@ def hydra_choices() -> dict[str, str]:
 
 def instantiate_group(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     """``instantiate(cfg[group])``; a constructor's complaint about a value (ValueError, TypeError: an
-    unknown or badly typed key) becomes a ConfigError naming the group, any other error stays a bug."""
+    unknown or badly typed key) becomes a ConfigError naming the group, any other error stays a bug.
+    ``group`` may be a dotted key (``callbacks.checkpoint``)."""
     try:
-        return instantiate(cfg[group], **kwargs)
+        return instantiate(OmegaConf.select(cfg, group), **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, DiffusionLabError):
@@ -141,7 +142,7 @@ def build_trainer(cfg: DictConfig, parts: Parts | None) -> pl.Trainer:
         if "wandb" in str(cfg.logger._target_).lower():
             check_wandb_login()
         logger = instantiate_group(cfg, "logger")
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [instantiate_group(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     if not logger:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:

@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
         if trainer.is_global_zero:
             parts.module.write_table(run_dir / "eval" / "accuracy_by_noise.csv")
-    if trainer.checkpoint_callback is not None and trainer.is_global_zero:
+    if trainer.checkpoint_callback is not None:  # every rank calls it; rank 0 writes
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # with the final table
     rows = parts.module.latest_accuracy()
     for row in rows:

@@ -61,8 +61,8 @@ TRAIN_ROWS = [
     # incompatible choices
     (["loss=hybrid", "schedule=vp", "model.learned_variance=true"], "needs a discrete schedule"),
     (["loss=hybrid", "schedule=ddpm"], "loss.learned_variance=True but model.learned_variance=False"),
-    (["dataset=two_moons"], "is an image network but dataset=<dataset> gives 2-D vectors"),
-    (["model=mlp"], "is for low-dimensional vectors but dataset=<dataset> gives images"),
+    (["dataset=two_moons"], "model=UNet is an image network but dataset=two_moons gives 2-D vectors"),
+    (["model=mlp"], "model=MLP is for low-dimensional vectors but dataset=DigitsDataModule gives images"),
     (["dataset=two_moons", "model=mlp", "model.num_classes=10"], "model.num_classes=10 makes the model class-conditional"),
     (["sampler=ddim", "sampler.grid=trailing"], "sampler.grid=trailing needs a discrete schedule"),
     (["sampler=ddpm", "sampler.variance=learned"], "sampler.variance=learned needs a model with learned variances"),

@@ -196,7 +196,7 @@ BAD = [
     ([*SMALL_UNET, "guidance=cfg"], "guidance=cfg needs a class-conditional model trained with label dropout"),
     ([*CFG_RUN, "p_uncond=0"], "needs the null label, but the model was trained with p_uncond=0"),
     ([*CFG_RUN, "guidance.class_label=12"], "guidance.class_label=12 is out of range: dataset=digits has classes 0..9"),
-    ([*SMALL_UNET, "p_uncond=0.1"], "p_uncond=0.1 drops class labels, but model=<model> is unconditional"),
+    ([*SMALL_UNET, "p_uncond=0.1"], "p_uncond=0.1 drops class labels, but model=UNet is unconditional"),
     ([*SMALL_UNET, "guidance=classifier"], "guidance.classifier_ckpt is not set"),
     (["dataset=two_moons", "model=mlp", "model.num_classes=null", "guidance=cfg"], "is unlabelled"),
     ([*CFG_RUN, "guidance.scale=-1"], "guidance.scale=-1 must be a number ≥ 0"),
@@ -236,8 +236,8 @@ def test_a_classifier_of_another_schedule_or_dataset_or_kind_is_refused(compose_
 
 
 @pytest.mark.parametrize("overrides,sentence", [
-    (["dataset=two_moons"], "needs class labels, but dataset=<dataset> has none"),
-    (["classifier.num_classes=7"], "classifier.num_classes=7 but dataset=<dataset> has 10 classes"),
+    (["dataset=two_moons"], "needs class labels, but dataset=two_moons has none"),
+    (["classifier.num_classes=7"], "classifier.num_classes=7 but dataset=digits has 10 classes"),
 ])
 def test_bad_classifier_runs_are_one_sentence(tmp_path, overrides, sentence):
     from diffusion_lab.conditioning import build_classifier_run

@@ -12,7 +12,8 @@ import torch
 
 from diffusion_lab.errors import DataError
 from diffusion_lab.data import (DigitsDataModule, EpochSeededSampler, GaussianMixtureDataModule, ImageTransform,
-                                TorchvisionDataModule, ToyDataModule, TOY_SETS, make_toy)
+                                ResumableDataLoader, TorchvisionDataModule, ToyDataModule, TOY_SETS, make_toy)
+from diffusion_lab.data.base import TransformedTensorDataset
 
 
 def _write_idx_images(path, images: np.ndarray) -> None:
@@ -139,3 +140,53 @@ def test_batch_size_must_divide_across_ranks():
         dm.per_rank_batch_size()
     dm.batch_size = 256
     assert dm.per_rank_batch_size() == 128
+
+
+def _augmented_loader(num_workers: int = 0, epoch: int = 1) -> ResumableDataLoader:
+    images = torch.arange(40 * 4, dtype=torch.int64).reshape(40, 1, 1, 4).mul(7).remainder(256).to(torch.uint8)
+    ds = TransformedTensorDataset(images, torch.arange(40), ImageTransform("[-1,1]", dequantize=True, random_flip=True))
+    sampler = EpochSeededSampler(len(ds), seed=5, item_seeds=ds.random)
+    sampler.set_epoch(epoch)
+    return ResumableDataLoader(ds, batch_size=4, sampler=sampler, drop_last=True, num_workers=num_workers)
+
+
+def test_augmentations_depend_only_on_seed_epoch_and_item():
+    """Flips and dequantization noise come from a generator seeded per (seed, epoch, item): the same
+    batches with or without worker processes, and the global generator is not touched."""
+    state = torch.get_rng_state()
+    main = [b[0] for b in _augmented_loader(0)]
+    assert torch.equal(torch.get_rng_state(), state)
+    workers = [b[0] for b in _augmented_loader(2)]
+    assert all(torch.equal(a, b) for a, b in zip(main, workers)) and len(main) == len(workers) == 10
+    # each epoch draws new augmentations for the same item (labels are the item indices here)
+    by_item = lambda loader: {int(y): x for xb, yb in loader for x, y in zip(xb, yb)}  # noqa: E731
+    epoch1, epoch2 = by_item(_augmented_loader(0)), by_item(_augmented_loader(0, epoch=2))
+    both = epoch1.keys() & epoch2.keys()
+    assert len(both) >= 30 and all(not torch.equal(epoch1[i], epoch2[i]) for i in both)
+    # dequantized values stay in their bins: (k + u)/256 with u in [0, 1), mapped to [-1, 1]
+    x = torch.cat(main)
+    assert bool((x > -1).all() and (x < 1).all())
+
+
+def test_loader_state_resumes_at_the_next_batch_of_the_epoch():
+    full = [b for b in _augmented_loader(0)]
+    cut = _augmented_loader(0)
+    it = iter(cut)
+    first = [next(it) for _ in range(3)]
+    state = cut.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+    resumed = _augmented_loader(0, epoch=0)  # a fresh loader; its epoch comes from the state
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 7 and resumed.state_dict() == {"epoch": 1, "batches": 10}
+    for (xa, ya), (xb, yb) in zip(full, first + rest):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    again = list(resumed)  # the next pass over the epoch is whole again
+    assert len(again) == 10
+
+
+def test_a_resume_point_of_another_epoch_is_ignored():
+    loader = _augmented_loader(0, epoch=3)
+    loader.load_state_dict({"epoch": 3, "batches": 10})  # saved at the end of epoch 3
+    loader.sampler.set_epoch(4)  # Lightning moves on to epoch 4
+    assert len(list(loader)) == 10

@@ -1,43 +1,18 @@
 """What every datamodule shares: seeded splits, a global batch size split across DDP ranks, a
-per-epoch seeded shuffle (so a resumed run sees exactly the batches the uninterrupted run saw), and
-the image pipeline (8-bit → [-1, 1] or [0, 1], optional uniform dequantization, random flip)."""
+per-epoch seeded shuffle whose position travels in the checkpoint (``data.resumable``: a run resumed
+mid-epoch sees exactly the batches and augmentations the uninterrupted run saw), and the image
+pipeline (8-bit → [-1, 1] or [0, 1], optional uniform dequantization, random flip)."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from diffusion_lab.data.resumable import EpochSeededSampler, ResumableDataLoader, item_generator
 from diffusion_lab.errors import ConfigError
-
-
-class EpochSeededSampler(Sampler[int]):
-    """Shuffles with a permutation drawn from (seed, epoch) and keeps rank r's share r::world_size.
-
-    Lightning calls ``set_epoch`` at the start of every epoch, so the order depends only on the epoch
-    number — never on how many random numbers were drawn before — and resuming replays it exactly.
-    Drops the tail so that every rank sees the same number of samples."""
-
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
-        per_rank = self.n // self.world_size
-        return iter(order[self.rank : per_rank * self.world_size : self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.n // self.world_size
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
@@ -58,36 +33,49 @@ class ImageTransform:
     """uint8 or float images → float32 in [-1, 1] (or [0, 1]); optional dequantization and flip.
 
     Uniform dequantization (Theis et al. 2016; Ho et al. 2020 for likelihoods): x = (k + u)/256 with
-    u ~ U[0, 1), instead of k/255."""
+    u ~ U[0, 1), instead of k/255. The random draws come from ``generator`` (one per item, see
+    ``data.resumable``) or, without one, from the global generator."""
 
     def __init__(self, value_range: str = "[-1,1]", dequantize: bool = False, random_flip: bool = False):
         if value_range not in ("[-1,1]", "[0,1]"):
             raise ValueError(f"dataset.value_range must be '[-1,1]' or '[0,1]', got {value_range!r}.")
         self.value_range, self.dequantize, self.random_flip = value_range, dequantize, random_flip
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    @property
+    def random(self) -> bool:
+        return self.dequantize or self.random_flip
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if img.dtype == torch.uint8:
             x = img.float()
-            x = (x + torch.rand_like(x)) / 256.0 if self.dequantize else x / 255.0
+            x = (x + torch.rand(x.shape, generator=generator)) / 256.0 if self.dequantize else x / 255.0
         else:
             x = img.float()  # already in [0, 1]
-        if self.random_flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
+        x = random_flip(x, generator) if self.random_flip else x
         return x * 2.0 - 1.0 if self.value_range == "[-1,1]" else x
 
 
-class TransformedTensorDataset(Dataset):
-    """(images, labels) tensors with a per-item transform; images stay compact (uint8) in memory."""
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x mirrored along its last (width) axis with probability 1/2."""
+    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, transform=None):
+
+class TransformedTensorDataset(Dataset):
+    """(images, labels) tensors with a per-item transform ``transform(x, generator)``; images stay
+    compact (uint8) in memory. ``random``: the transform draws random numbers, so the training
+    sampler hands this dataset (index, seed) keys (``data.resumable``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, transform=None, random: bool | None = None):
         self.images, self.labels, self.transform = images, labels, transform
+        self.random = bool(getattr(transform, "random", False) if random is None else random)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, generator = item_generator(key)
         x = self.images[i]
-        x = self.transform(x) if self.transform is not None else x
+        x = self.transform(x, generator) if self.transform is not None else x
         if self.labels is None:
             return (x,)
         return x, self.labels[i]
@@ -133,23 +121,24 @@ class DiffusionDataModule(pl.LightningDataModule):
             )
         return self.batch_size // world
 
-    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool) -> ResumableDataLoader:
         rank, world = self._world()
         bs = self.per_rank_batch_size()
-        sampler = EpochSeededSampler(len(ds), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world)
+        sampler = EpochSeededSampler(len(ds), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world,
+                                     item_seeds=bool(getattr(ds, "random", False)))
         if drop_last and len(sampler) < bs:
             raise ConfigError(f"dataset has {len(sampler)} training items per process, fewer than one batch of {bs}; "
                              "lower dataset.batch_size.")
-        return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return ResumableDataLoader(ds, batch_size=bs, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         return self._loader(self.train_set, shuffle=True, drop_last=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ResumableDataLoader:
         return self._loader(self.val_set, shuffle=False, drop_last=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> ResumableDataLoader:
         return self._loader(self.test_set if self.test_set is not None else self.val_set, shuffle=False, drop_last=False)
 
     def sample_data(self, n: int, split: str = "train") -> torch.Tensor:

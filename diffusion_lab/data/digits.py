@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffusion_lab.data.base import DiffusionDataModule, TransformedTensorDataset, split_indices
+from diffusion_lab.data.base import DiffusionDataModule, TransformedTensorDataset, random_flip, split_indices
 
 
 def load_digits_tensors(value_range: str = "[-1,1]") -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +47,6 @@ class DigitsDataModule(DiffusionDataModule):
     def _load(self):
         images, labels = load_digits_tensors(self.value_range)
         train, val, test = split_indices(len(images), [0.0, self.val_fraction, self.test_fraction], self.seed)
-        flip = (lambda x: x.flip(-1) if torch.rand(()) < 0.5 else x) if self.random_flip else None
-        make = lambda idx, tf: TransformedTensorDataset(images[idx], labels[idx], tf)  # noqa: E731
+        flip = random_flip if self.random_flip else None
+        make = lambda idx, tf: TransformedTensorDataset(images[idx], labels[idx], tf, random=tf is not None)  # noqa: E731
         return make(train, flip), make(val, None), (make(test, None) if len(test) else None)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffusion_lab.data.base import DiffusionDataModule, ImageTransform, TransformedTensorDataset, split_indices
+from diffusion_lab.data.resumable import item_generator
 from diffusion_lab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class _FolderDataset(Dataset):
         import torchvision.transforms.v2 as T
 
         self.base, self.indices, self.tf, self.labelled = base, indices, tf, labelled
+        self.random = tf.random  # the training sampler then hands (index, seed) keys
         ops = [T.PILToTensor()]
         if crop:
             ops.append(T.CenterCrop(crop))
@@ -96,9 +98,10 @@ class _FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, generator = item_generator(key)
         img, label = self.base[int(self.indices[i])]
-        x = self.tf(self.pre(img.convert("RGB")))
+        x = self.tf(self.pre(img.convert("RGB")), generator)
         return (x, label) if self.labelled else (x,)
 
 

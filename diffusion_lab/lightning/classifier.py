@@ -51,19 +51,16 @@ class NoiseClassifierModule(pl.LightningModule):
         self.t_levels = noise_levels(schedule, self.levels)
         self.accuracy_by_noise: list[dict[str, Any]] = []
         self._gen: torch.Generator | None = None
-        self._pending_rng: Tensor | None = None
         self._correct = torch.zeros(self.levels, dtype=torch.float64)
         self._count = torch.zeros(self.levels, dtype=torch.float64)
         self.save_hyperparameters({"config": config or {}})
 
     @property
-    def generator(self) -> torch.Generator:
-        """The training noise (t, ε), seeded with seed + rank."""
+    def noise_generator(self) -> torch.Generator:
+        """The training noise (t, ε), seeded with seed + rank; its state travels in the checkpoint
+        (``lightning.resume.ExactResume``, one of the default callbacks)."""
         if self._gen is None or self._gen.device != self.device:
             self._gen = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
-            if self._pending_rng is not None:  # a resumed run continues the saved stream
-                self._gen.set_state(self._pending_rng)
-                self._pending_rng = None
         return self._gen
 
     def logits(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -71,7 +68,7 @@ class NoiseClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, y = batch[0], batch[1]
-        g = self.generator
+        g = self.noise_generator
         u = torch.rand(x0.shape[0], generator=g, device=g.device, dtype=torch.float64).to(x0.device)
         t = (self.schedule.t_min + (self.schedule.t_max - self.schedule.t_min) * u).to(x0.dtype)
         x_t = self.schedule.add_noise(x0, gaussian_noise(x0, g), t)
@@ -144,12 +141,9 @@ class NoiseClassifierModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["accuracy_by_noise"] = [dict(r) for r in self.accuracy_by_noise]
-        checkpoint["noise_rng"] = self.generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.accuracy_by_noise = [dict(r) for r in checkpoint.get("accuracy_by_noise", [])]
-        if "noise_rng" in checkpoint:
-            self._pending_rng, self._gen = checkpoint["noise_rng"], None
 
     def mean_accuracy(self) -> float:
         rows = self.latest_accuracy()

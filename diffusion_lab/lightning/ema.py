@@ -44,7 +44,8 @@ class EMA(nn.Module):
     def update(self, net: nn.Module, batch_size: int) -> None:
         beta = self.beta(batch_size)
         self.num_images += batch_size
-        for p_ema, p in zip(self.net.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - beta)
+        averaged = list(self.net.parameters())
+        current = [p.detach().to(q.dtype) for q, p in zip(averaged, net.parameters())]
+        torch._foreach_lerp_(averaged, current, 1.0 - beta)  # one fused kernel per dtype/device group
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)

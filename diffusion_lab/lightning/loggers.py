@@ -12,12 +12,18 @@ Lightning's ``WandbLogger`` plus what a comparison dashboard needs:
   exists, so FID curves carry a min summary in the runs table;
 - the resolved config reaches ``wandb.config`` as plain containers (the LightningModule saves it as
   plain dicts and Lightning logs those hyperparameters);
-- works offline (``WANDB_MODE=offline``); ``diffusion_lab.train`` finishes the run at the end of each job.
+- works offline (``WANDB_MODE=offline``); ``diffusion_lab.train`` finishes the run at the end of each job;
+- one run directory, one W&B run: the run id is kept in ``<save_dir>/wandb_run_id`` and reused (with
+  ``resume="allow"``) when the run resumes, so a resumed run continues its W&B run instead of starting
+  a second one. (W&B ignores the steps the resumed run logs again up to where the interrupted attempt
+  had got; with an exact resume those values are the same.)
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+import string
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +31,15 @@ from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 SUMMARIES = ("min", "max", "mean", "last", "best", "none")
+RUN_ID_FILE = "wandb_run_id"
+
+
+def run_id(save_dir: str | None) -> str:
+    """The W&B run id of the run directory ``save_dir``: the stored one, else a new one."""
+    path = Path(save_dir or ".") / RUN_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id alphabet
 
 
 def log_scalars(trainer: Any, scalars: Mapping[str, float], step: int) -> None:
@@ -90,7 +105,9 @@ class WandbLogger(_LightningWandbLogger):
         for pattern, summary in metrics.items():
             if summary is not None and summary not in SUMMARIES:
                 raise ValueError(f"logger.define_metrics.{pattern}={summary!r} is not a W&B summary; use one of {SUMMARIES}.")
-        super().__init__(group=group, job_type=job_type, tags=tags or None, **kwargs)
+        if kwargs.get("id") is None and kwargs.get("version") is None:
+            kwargs["id"] = run_id(kwargs.get("save_dir"))
+        super().__init__(group=group, job_type=job_type, tags=tags or None, **kwargs)  # resume="allow"
         self._define_metrics = metrics
         self._metrics_defined = False
 
@@ -99,6 +116,9 @@ class WandbLogger(_LightningWandbLogger):
         exp = super().experiment
         if not self._metrics_defined and rank_zero_only.rank == 0 and hasattr(exp, "define_metric"):
             self._metrics_defined = True
+            if self._save_dir is not None and getattr(exp, "id", None):
+                Path(self._save_dir).mkdir(parents=True, exist_ok=True)
+                (Path(self._save_dir) / RUN_ID_FILE).write_text(str(exp.id))
             for pattern, summary in self._define_metrics.items():
                 if summary is None:
                     exp.define_metric(pattern)

@@ -3,9 +3,10 @@ EMA weights used for sampling.
 
 Everything mathematical lives below (schedules, parameterization, losses, samplers); this file only
 wires it to Lightning: optimisation (Adam/AdamW, linear warm-up, gradient clipping through the
-Trainer), EMA updates after each optimizer step, the loss's own state (importance-sampling history)
-in the checkpoint, and ``sampling()``: the model adapter over the EMA (or raw) weights in eval mode,
-for the evaluation and the entry points.
+Trainer), EMA updates inside each optimizer step, and ``sampling()``: the model adapter over the EMA
+(or raw) weights in eval mode, for the evaluation and the entry points. The random streams and the
+loss's own state (importance-sampling history) travel in the checkpoint through
+``lightning.resume.ExactResume``; divergence is caught by ``lightning.divergence.DivergenceGuard``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.lightning.ema import EMA
 from diffusion_lab.parameterization import Parameterization
-from diffusion_lab.denoiser import Denoiser
-from diffusion_lab.errors import DivergenceError
 from diffusion_lab.guidance import drop_labels
 from diffusion_lab.schedules.base import Schedule
 
@@ -76,10 +76,10 @@ class DiffusionModule(pl.LightningModule):
         self.learned_variance = bool(getattr(net, "learned_variance", False))
         self.train_model = Denoiser(self.train_net, schedule, parameterization, learned_variance=self.learned_variance)
         # The training noise (t and ε) comes from this generator, seeded with seed + rank; its state
-        # travels in the checkpoint so a resumed run draws exactly what the uninterrupted run drew.
+        # travels in the checkpoint (ExactResume) so a resumed run draws what the uninterrupted run drew.
         self.seed = int(seed)
         self._noise_gen: torch.Generator | None = None
-        self._pending_rng: dict | None = None
+        self._step_images = 0  # images of the batches accumulated into the next optimizer step
         # The resolved config, as plain containers, so checkpoints load with weights_only=True.
         self.save_hyperparameters({"config": config or {}})
 
@@ -106,8 +106,6 @@ class DiffusionModule(pl.LightningModule):
     def noise_generator(self) -> torch.Generator:
         if self._noise_gen is None or self._noise_gen.device != self.device:
             self._noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
-            if self._pending_rng is not None:
-                self._noise_gen.set_state(self._pending_rng["noise"])
         return self._noise_gen
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -115,12 +113,7 @@ class DiffusionModule(pl.LightningModule):
         if self.p_uncond > 0 and "class_labels" in net_kwargs:
             net_kwargs["class_labels"] = drop_labels(net_kwargs["class_labels"], self.p_uncond, self.noise_generator)
         out = self.loss(self.train_model, x0, generator=self.noise_generator, net_kwargs=net_kwargs)
-        if not torch.isfinite(out.loss):
-            raise DivergenceError(
-                f"train/loss is {float(out.loss)} at step {self.global_step} (epoch {self.current_epoch}); training "
-                "stopped and the last good checkpoint is kept — lower optimizer.lr, set trainer.gradient_clip_val, "
-                "or check the data."
-            )
+        self._step_images += x0.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         for k, v in out.logs.items():
             if k == "loss":
@@ -135,10 +128,24 @@ class DiffusionModule(pl.LightningModule):
         out = self.loss(self.denoiser(use_ema=False), x0, generator=g, net_kwargs=net_kwargs)
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._pending_rng = None
-        x0, _ = self._images(batch)
-        self.ema.update(self.net, batch_size=x0.shape[0] * max(1, self.trainer.world_size))
+    @torch.no_grad()
+    def batch_loss(self, batch: Any, generator: torch.Generator) -> Tensor:
+        """The training loss of ``batch`` at the current weights, its noise from ``generator``; no side
+        effects (dropout off, no logging, no importance-sampling update). For the divergence guard."""
+        x0, net_kwargs = self._images(batch)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return self.loss(self.denoiser(use_ema=False), x0, generator=generator, net_kwargs=net_kwargs).loss
+        finally:
+            self.net.train(was_training)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # the EMA follows every optimizer step, inside the step: a checkpoint written after this batch
+        # (callbacks' on_train_batch_end) holds the updated EMA and image counter
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.net, batch_size=self._step_images * max(1, self.trainer.world_size))
+        self._step_images = 0
 
     def configure_optimizers(self):
         c = self.optim_cfg
@@ -161,30 +168,8 @@ class DiffusionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
-        if bad:  # never overwrite a good checkpoint with a diverged model
-            raise DivergenceError(
-                f"parameter {bad[0]} is not finite at step {self.global_step}; training stopped and the last good "
-                "checkpoint is kept — lower optimizer.lr or set trainer.gradient_clip_val."
-            )
-        if hasattr(self.loss, "state_dict"):
-            checkpoint["loss_state"] = self.loss.state_dict()
+        # how ``evaluate`` labels this checkpoint's step with the epoch training would give it
         checkpoint["steps_per_epoch"] = steps_per_epoch(self.trainer)
-        # RNG states (training noise, and the global generators used by dropout) for an exact resume
-        checkpoint["rng"] = {"noise": self.noise_generator.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "loss_state" in checkpoint and hasattr(self.loss, "load_state_dict"):
-            self.loss.load_state_dict(checkpoint["loss_state"])
-        rng = checkpoint.get("rng")
-        if rng is not None:
-            self._pending_rng = rng
-            self._noise_gen = None  # rebuilt from the saved state on the right device at first use
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, use_ema: bool = True, guidance=None) -> Denoiser:
