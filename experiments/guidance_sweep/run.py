@@ -3,7 +3,7 @@ classifier guidance at several scales s, on ONE class-conditional model trained 
 the model's bits/dim. Every step is a command of the project's own entry points (printed, and listed in
 RESULTS.md), so each number can be reproduced from the command line:
 
-    .venv/bin/python experiments/guidance_sweep/run.py                      # digits (8x8), ~15 min on 2 CPU cores
+    .venv/bin/python experiments/guidance_sweep/run.py                      # digits (8x8), ~10 min on 2 CPU cores
     .venv/bin/python experiments/guidance_sweep/run.py --dataset mnist --data-dir ../shared/data
 
 Steps (the run folders go to experiments/guidance_sweep/runs/<dataset>/, reused when present):
@@ -55,7 +55,7 @@ SETTINGS = {
     },
     "mnist": {
         "train": ["experiment=digits_cfg", "dataset=mnist", "model=unet_mnist", "model.ch=16", "model.num_res_blocks=1",
-                  "schedule=ddpm", "trainer.max_epochs=1", "evaluation.every_n_epochs=1000", "evaluation.n=250",
+                  "schedule=ddpm", "trainer.max_epochs=3", "evaluation.every_n_epochs=1000", "evaluation.n=250",
                   "evaluation.likelihood=null", "evaluation.classifier.epochs=2"],
         "classifier": ["dataset=mnist", "dataset.val_fraction=0.02", "classifier=mnist", "schedule=ddpm",
                        "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1"],
@@ -93,8 +93,13 @@ def main() -> None:
     ap.add_argument("--dataset", choices=sorted(SETTINGS), default="digits")
     ap.add_argument("--data-dir", default=None, help="torchvision data root (MNIST: the folder holding MNIST/raw)")
     ap.add_argument("--retrain", action="store_true", help="train again even if the run folders exist")
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS, plot and grids from results_<dataset>.json")
     args = ap.parse_args()
     S = SETTINGS[args.dataset]
+    if args.report_only:
+        results = json.loads((HERE / f"results_{args.dataset}.json").read_text())
+        write_outputs(results, HERE / "runs" / args.dataset / "eval")
+        return
     data = [f"dataset.data_dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
     runs = HERE / "runs" / args.dataset
     model_dir, clf_dir = runs / "model", runs / "classifier"
@@ -149,10 +154,16 @@ def main() -> None:
                "accuracy_by_noise": accuracy_by_noise, "timings_s": timings, "machine": platform.processor() or platform.machine(),
                "threads": os.environ.get("OMP_NUM_THREADS", "2")}
     (HERE / f"results_{args.dataset}.json").write_text(json.dumps(results, indent=1))
-    plot(results, HERE / f"tradeoff_{args.dataset}.png")
-    grids(evals, results, HERE / f"grids_{args.dataset}.png")
+    write_outputs(results, evals)
+
+
+def write_outputs(results: dict, evals: Path) -> None:
+    """RESULTS(.md), the trade-off plot and the sample grids, from the results."""
+    name = results["dataset"]
+    plot(results, HERE / f"tradeoff_{name}.png")
+    grids(evals, results, HERE / f"grids_{name}.png")
     text = report(results)
-    (HERE / ("RESULTS.md" if args.dataset == "digits" else f"RESULTS_{args.dataset}.md")).write_text(text)
+    (HERE / ("RESULTS.md" if name == "digits" else f"RESULTS_{name}.md")).write_text(text)
     print(text)
 
 
@@ -166,11 +177,11 @@ def report(r: dict) -> str:
     lines = [f"# Guidance-scale trade-off and bits/dim: {name}", "",
              f"`python experiments/guidance_sweep/run.py --dataset {r['dataset']}` ran these commands "
              f"({r['timings_s']['total'] / 60:.0f} min on 2 shared CPU cores, {r['threads']} threads):", ""]
-    lines += [f"    {c}" for c in r["commands"]]
+    lines += [f"    {c.replace(str(REPO) + '/', '')}" for c in r["commands"]]
     lines += ["", "Scaled to what 2 shared CPU cores train in minutes: " + {
         "digits": "80 epochs of the 8x8 digits (≈ 960 steps of 128; the default run trains 150) for the model, "
                   "40 epochs for the classifier.",
-        "mnist": "1 epoch (468 steps of 128) of a UNet shrunk to 16 base channels and 1 residual block per "
+        "mnist": "3 epochs (1,404 steps of 128) of a UNet shrunk to 16 base channels and 1 residual block per "
                  "level for the model, 1 epoch for the classifier: far from converged — read the trends, not the "
                  "values."}[r["dataset"]],
               "One network serves both guidances: CFG combines its conditional and null-label passes; classifier "
@@ -187,6 +198,16 @@ def report(r: dict) -> str:
                      f"| {_fmt(row.get('is'), 2)} | {_fmt(row.get('accuracy'))} | {_fmt(row.get('precision'))} "
                      f"| {_fmt(row.get('recall'))} | {row['nfe']:.0f} | {row['passes']:.0f} "
                      f"| {_fmt(row.get('classifier_nfe'), 0)} | {row['seconds']:.1f} |")
+    for kind, sym in (("cfg", "w"), ("classifier", "s")):
+        rs = [row for row in rows if row["guidance"] == kind]
+        if not rs:
+            continue
+        best = min(rs, key=lambda row: row["fid"])
+        lines += ["", f"{'Classifier-free' if kind == 'cfg' else 'Classifier'} guidance: FID is lowest at {sym} = "
+                  f"{best['guidance_scale']:g} ({best['fid']:.2f}); accuracy goes from {rs[0]['accuracy']:.3f} at {sym} = "
+                  f"{rs[0]['guidance_scale']:g} to {rs[-1]['accuracy']:.3f} at {sym} = {rs[-1]['guidance_scale']:g}, "
+                  f"precision from {rs[0]['precision']:.3f} to {rs[-1]['precision']:.3f}, recall from "
+                  f"{rs[0]['recall']:.3f} to {rs[-1]['recall']:.3f}."]
     lines += ["", f"![trade-off](tradeoff_{r['dataset']}.png)", "",
               f"![samples](grids_{r['dataset']}.png)", "",
               "## Bits/dim of held-out data", "",
@@ -234,26 +255,33 @@ def plot(r: dict, path: Path) -> None:
 
 
 def grids(evals: Path, r: dict, path: Path) -> None:
-    """One row of samples per evaluated (guidance, scale): the pictures the evaluation wrote."""
+    """The first samples of each evaluated (guidance, scale), one row per guidance, one column per scale: the
+    pictures the evaluation wrote (class-balanced labels: sample i shows class i mod K, row by row)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    pics = []
-    for row in r["rows"]:
-        found = sorted((evals / row["guidance"] / "samples" / row["sampler"]).glob("epoch_*.png"))
-        if found:
-            pics.append((f"{row['guidance']} {row['guidance_scale']:g}", found[-1]))
-    if not pics:
-        return
-    fig, axes = plt.subplots(len(pics), 1, figsize=(8, 0.9 * len(pics) + 0.4))
-    for ax, (title, p) in zip(axes if len(pics) > 1 else [axes], pics):
-        ax.imshow(mpimg.imread(p), cmap="gray")
-        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    kinds = [k for k in ("cfg", "classifier") if any(row["guidance"] == k for row in r["rows"])]
+    per_kind = {k: [row for row in r["rows"] if row["guidance"] == k] for k in kinds}
+    cols = max(len(v) for v in per_kind.values())
+    fig, axes = plt.subplots(len(kinds), cols, figsize=(2.1 * cols, 2.2 * len(kinds)), squeeze=False)
+    for i, kind in enumerate(kinds):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(per_kind[kind]):
+                ax.axis("off")
+                continue
+            row = per_kind[kind][j]
+            found = sorted((evals / kind / "samples" / row["sampler"]).glob("epoch_*.png"))
+            if found:
+                ax.imshow(mpimg.imread(found[-1]), cmap="gray")
+            sym = "w" if kind == "cfg" else "s"
+            ax.set_title(f"{kind} {sym}={row['guidance_scale']:g}\nacc {row['accuracy']:.2f}, FID {row['fid']:.1f}",
+                         fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
