@@ -93,16 +93,22 @@ def test_label_dropout_sends_the_null_label_in_training_only(build_run):
     assert torch.equal(spy.seen[-1], y)
 
 
-def test_the_evaluation_samples_class_balanced_labels_with_cfg_in_one_call(build_run, tmp_path):
+def test_the_evaluation_samples_class_balanced_labels_with_cfg_in_one_call(build_run, tmp_path, monkeypatch):
+    from diffusion_lab.evaluation.suite import Accumulator
+
     _, parts, module = build_run(CFG_RUN)
     ev = parts.evaluator
     spy = LabelSpy(module.ema.net)
     module.ema.net = spy
     ev.samplers = [Sampler("ddim", steps=2)]
-    ev.n, ev.batch_size, ev.suite.metrics_cfg, ev.likelihood = 13, 8, [], None
+    ev.n, ev.batch_size, ev.suite.metrics_cfg, ev.likelihood = 13, 8, ["accuracy"], None
+    fed = []
+    monkeypatch.setattr(Accumulator, "feed", lambda self, x, labels=None: fed.append(labels.clone()))
+    monkeypatch.setattr(Accumulator, "compute", lambda self: {})
     ev.prepare(parts.datamodule, parts.data_shape)
     with module.sampling() as den:
         (row,) = ev.evaluate(den, 0, 0, tmp_path)
+    assert torch.equal(torch.cat(fed), torch.arange(13) % 10)  # the metrics see each batch's own labels
     # two batches (8 + 5) x 2 steps, each call [y; ∅] on the doubled batch
     assert [len(s) for s in spy.seen] == [16, 16, 10, 10] and (row["nfe"], row["passes"]) == (2, 4)
     assert torch.equal(spy.seen[0], torch.cat([torch.arange(8), torch.full((8,), NULL_LABEL)]))
