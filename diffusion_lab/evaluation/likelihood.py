@@ -13,7 +13,8 @@ data, each with its NFE and seconds like a sampler's row.
   (``vlb: auto``); T network calls per item.
 
 ``nll`` is in nats per item and equals bpd·D·ln 2 (for images: the bound on −log P of the 8-bit
-data, not the continuous density). A class-conditional model is evaluated at the items' own labels,
+data, not the continuous density). It is −E_data log p_model; the ``nll`` of the samplers' rows on
+``dataset=gmm`` (``metrics.lowdim``) is the other cross-entropy, −E_model log p_data. A class-conditional model is evaluated at the items' own labels,
 log p(x | y) (``conditional: true``), or at the null label, log p(x) (``conditional: false``: a model
 trained with label dropout). Guidance never applies: the likelihood is the model's own.
 
