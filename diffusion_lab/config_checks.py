@@ -126,7 +126,7 @@ def check_sampler(sampler: Any, schedule: Any, parameterization: Any, key: str =
         for name in sampler.options:
             if name not in options:
                 raise ConfigError(f"{key}.{name} is not an option of sampler {sampler.name}; its options are "
-                                  f"{', '.join(options) or 'none'} (and steps, grid, rho, denoise_last, label).")
+                                  f"{', '.join(options) or 'none'} (and steps, grid, rho, denoise_last, visit_t_min, label).")
     if sampler.spec.needs_score and not getattr(parameterization, "gives_score", True):
         raise ConfigError(
             f"{key}={sampler.name} needs the score, but parameterization={parameterization.kind} cannot give one; "

@@ -48,8 +48,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """The entry point; returns ``optimized_metric`` of the final metrics (the objective of a sweeper)."""
     out = run_reporting_errors(run, cfg, log)
-    return out["metrics"].get("train/loss_epoch")
+    key = cfg.get("optimized_metric")
+    if key and key not in out["metrics"]:
+        log.warning("optimized_metric=%s is not among the final metrics %s", key, sorted(out["metrics"]))
+    return out["metrics"].get(key) if key else None
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ TRAIN_ROWS = [
     (["dataset=two_moons", "model=mlp", "evaluation.n=100000"], "evaluation.n=100000 is more generated vectors"),
     (["evaluation=compare", "evaluation.samplers.ode_heun.steps=0"], "evaluation.samplers[ode_heun_0].steps=0 must be"),
     (["schedule=ve", "schedule.sigma_min=-1"], "schedule"),
-    (["+sampler.bogus=1"], "sampler.bogus is not an option of sampler dpm_solver_pp_2m; its options are"),
+    (["+sampler.bogus=1"], "sampler.bogus is not an option of sampler unipc_2; its options are"),
     # incompatible choices
     (["loss=hybrid", "schedule=vp", "model.learned_variance=true"], "needs a discrete schedule"),
     (["loss=hybrid", "schedule=ddpm"], "loss.learned_variance=True but model.learned_variance=False"),

@@ -30,7 +30,7 @@ def test_default_config_composes(compose_cfg):
     for group in INSTANTIATED_GROUPS + ["callbacks"]:
         assert group in cfg, f"default config lacks group {group}"
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert cfg.sampler.name == "dpm_solver_pp_2m" and cfg.trainer.max_steps == -1 and cfg.trainer.max_time is None
+    assert cfg.sampler.name == "unipc_2" and cfg.trainer.max_steps == -1 and cfg.trainer.max_time is None
 
 
 @pytest.mark.parametrize("group,choice", [(g, c) for g in INSTANTIATED_GROUPS for c in _choices(g)])

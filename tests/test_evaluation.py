@@ -207,9 +207,9 @@ def test_a_run_stopped_by_steps_or_time_evaluates_at_the_end(compose_cfg, tmp_pa
                            stop, "sampler.steps=2", "evaluation.n=8", "evaluation.every_n_epochs=500"]))
     step = out["trainer"].global_step
     (row,) = list(csv.DictReader(open(tmp_path / "eval" / "table.csv")))
-    assert row["sampler"] == "dpm_solver_pp_2m_2" and int(row["step"]) == step
+    assert row["sampler"] == "unipc_2_2" and int(row["step"]) == step
     assert int(row["epoch"]) == (step - 1) // 4  # the epoch the last step belongs to
-    assert (tmp_path / "samples" / "dpm_solver_pp_2m_2" / f"epoch_{int(row['epoch']):04d}.png").is_file()
+    assert (tmp_path / "samples" / "unipc_2_2" / f"epoch_{int(row['epoch']):04d}.png").is_file()
     if "max_steps" in stop:
         assert step == 3
 
@@ -325,11 +325,11 @@ def test_evaluate_reproduces_the_final_evaluation_of_training(trained, tmp_path,
     (train_row,) = list(csv.DictReader(open(run_dir / "eval" / "table.csv")))
     assert len(lines) == len(rows) == 1
     row = lines[0]
-    assert row["sampler"] == train_row["sampler"] == "dpm_solver_pp_2m_4" and row["kind"] == "ODE" and row["nfe"] == 4
+    assert row["sampler"] == train_row["sampler"] == "unipc_2_4" and row["kind"] == "ODE" and row["nfe"] == 4
     # the same label (epoch the step belongs to, step) and the same numbers as training's final evaluation
     assert (row["epoch"], row["step"]) == (int(train_row["epoch"]), int(train_row["step"])) == (0, 2)
     assert row["fid"] == pytest.approx(float(train_row["fid"]), rel=1e-6)
-    assert (tmp_path / "eval" / "table.csv").is_file() and (tmp_path / "samples" / "dpm_solver_pp_2m_4").is_dir()
+    assert (tmp_path / "eval" / "table.csv").is_file() and (tmp_path / "samples" / "unipc_2_4").is_dir()
 
 
 def test_evaluate_another_sampler_beside_the_comparison(trained, tmp_path, capsys):
@@ -394,7 +394,7 @@ def test_ddp_two_ranks_fid_equals_one_rank_fid_of_the_same_samples(tmp_path):
            "evaluation.progress=false", "callbacks.progress.refresh_rate=0"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
-    label = "dpm_solver_pp_2m_10"
+    label = "unipc_2_10"
     (row,) = list(csv.DictReader(open(tmp_path / "eval" / "table.csv")))
     fid_ddp, kid_ddp = float(row["fid"]), float(row["kid"])
     parts = [np.load(tmp_path / "eval" / "samples" / label / f"epoch_0000_rank{r}.npz") for r in (0, 1)]
@@ -426,7 +426,7 @@ def test_ddp_two_ranks_fid_equals_one_rank_fid_of_the_same_samples(tmp_path):
     # rank 1's share is what one process draws from seed 1 (ODE sampler, the final weights)
     loaded = load_run(tmp_path / "checkpoints" / "last.ckpt")
     with loaded.module.sampling() as den:
-        again = generate_samples(den, Sampler("dpm_solver_pp_2m", steps=10, grid="lambda"), 150, (1, 8, 8), seed=1,
+        again = generate_samples(den, loaded.parts.sampler, 150, (1, 8, 8), seed=1,
                                  progress=False)
     torch.testing.assert_close(again.x, x1, rtol=1e-5, atol=1e-5)
 

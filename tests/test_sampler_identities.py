@@ -6,12 +6,20 @@
 * on a point mass the PF-ODE is a straight line in (σ̃, x̃) and every fixed-step sampler is exact;
 * the multistep updates are exact on polynomial x̂_0(λ) of their degree (3M derived: quadratic;
   the published 3M is not), and the φ-functions match their integral definition;
-* NFE counts match the registry, dopri5 reports the calls the denoiser counted, configs build.
+* LMS, iPNDM and DEIS of order 1 are Euler/DDIM; iPNDM is LMS on equal σ̃-steps; LMS is k-diffusion's
+  ``sample_lms`` (when k-diffusion is installed); DEIS's coefficients integrate polynomials in t exactly;
+* NFE counts match the registry, dopri5 reports the calls the denoiser counted, configs build;
+* one source of truth: ``conf/sampler/*.yaml`` leave the grid to the registry (``auto``) and their
+  options equal the sampler's defaults, and README.md holds the registry's table verbatim.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import math
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,42 +29,23 @@ import torch
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import Parameterization
 from diffusion_lab.samplers import SAMPLERS, Denoiser, Sampler
+from diffusion_lab.samplers.__main__ import table
+from diffusion_lab.samplers.deis import deis_coefficients
 from diffusion_lab.samplers.dpm_solver_pp import multistep_terms
 from diffusion_lab.samplers.exponential import exp_step, node, phi
 from diffusion_lab.samplers.unipc import unipc_update
-from diffusion_lab.schedules import RectifiedFlowSchedule, VPLinearSchedule
+from diffusion_lab.schedules import DDPMLinearSchedule, EDMSchedule, RectifiedFlowSchedule, VESchedule, VPLinearSchedule
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "sampler"
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf" / "sampler"
 
 ODE_SAMPLERS = ["ddim", "euler", "heun", "rk4", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_1",
-                "dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc_2", "unipc_3", "dopri5"]
+                "dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc_2", "unipc_3", "lms", "ipndm", "deis",
+                "dopri5"]
 PARAMS = ["x0", "score", "v", "velocity", "edm"]
 
 
-def _schedules():
-    """VP and rectified flow always; VE and EDM (α = 1) when the schedules module provides them with
-    a positive t_min (a grid's terminal 0 must lie below t_min)."""
-    out = [("vp", VPLinearSchedule()), ("rf", RectifiedFlowSchedule())]
-    try:
-        from diffusion_lab.schedules import VESchedule
-
-        out.append(("ve", VESchedule()))
-    except ImportError:
-        pass
-    try:
-        from diffusion_lab.schedules import EDMSchedule
-
-        edm = EDMSchedule()
-        if edm.t_min > 0:
-            out.append(("edm", edm))
-        else:  # σ(0) = σ_min: build the same schedule from t = 1e-3 instead
-            out.append(("edm", EDMSchedule()))
-    except ImportError:
-        pass
-    return out
-
-
-SCHEDULES = _schedules()
+SCHEDULES = [("vp", VPLinearSchedule()), ("rf", RectifiedFlowSchedule()), ("ve", VESchedule()), ("edm", EDMSchedule())]
 SCHEDULE_IDS = [n for n, _ in SCHEDULES]
 
 
@@ -68,11 +57,12 @@ def _x_T(schedule, n: int = 6, dim: int = 3, seed: int = 0) -> torch.Tensor:
     return schedule.prior_sample((n, dim), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _run(name, schedule, param="eps", steps=6, grid="lambda", mixture=None, x_T=None, **kw):
+def _run(name, schedule, param="eps", steps=6, grid="lambda", mixture=None, x_T=None, visit_t_min=True, **kw):
+    """One run on the given grid (the same grid for every sampler: visit_t_min fixed, not the sampler's default)."""
     mixture = mixture or _mixture()
     den = Denoiser(mixture.network(schedule, Parameterization(param)), schedule, param)
     x_T = _x_T(schedule) if x_T is None else x_T
-    return Sampler(name, steps=steps, grid=grid, **kw)(den, x_T=x_T, progress=False)
+    return Sampler(name, steps=steps, grid=grid, visit_t_min=visit_t_min, **kw)(den, x_T=x_T, progress=False)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -90,9 +80,89 @@ def test_first_order_samplers_coincide(sched_name, schedule, denoise_last):
             assert _rel(outs[n], outs["ddim"]) < 1e-12, (sched_name, grid, n, _rel(outs[n], outs["ddim"]))
 
 
+@pytest.mark.parametrize("sched_name,schedule", SCHEDULES, ids=SCHEDULE_IDS)
+def test_order_one_multistep_samplers_are_euler(sched_name, schedule):
+    """LMS, iPNDM and DEIS of order 1 are Euler in σ̃ = DDIM(η=0), last step included."""
+    for grid in ("lambda", "karras"):
+        ref = _run("euler", schedule, steps=7, grid=grid).x
+        for name in ("lms", "ipndm", "deis"):
+            kw = {"terminal_order": 1} if name == "deis" else {}
+            out = _run(name, schedule, steps=7, grid=grid, order=1, **kw).x
+            assert _rel(out, ref) < 1e-12, (name, grid, _rel(out, ref))
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_ipndm_is_lms_on_equal_sigma_steps(order):
+    """On a grid with equal steps in σ̃ (Karras with ρ = 1) the variable-step Adams weights are the equal-step
+    coefficients: iPNDM = LMS to rounding; on a λ-uniform grid they differ."""
+    sch = EDMSchedule()
+    a = _run("ipndm", sch, steps=9, grid="karras", rho=1.0, order=order, visit_t_min=True, terminal_reach=None).x
+    b = _run("lms", sch, steps=9, grid="karras", rho=1.0, order=order, visit_t_min=True).x
+    assert _rel(a, b) < 1e-12, _rel(a, b)
+    c = _run("ipndm", sch, steps=9, grid="lambda", order=order).x
+    d = _run("lms", sch, steps=9, grid="lambda", order=order).x
+    assert _rel(c, d) > 1e-6
+
+
+def _kdiffusion_sampling():
+    """k_diffusion.sampling without the package ``__init__`` (which imports its training stack), or None."""
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or importlib.util.find_spec("torchsde") is None:
+        return None
+    if "k_diffusion" not in sys.modules:
+        pkg = types.ModuleType("k_diffusion")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["k_diffusion"] = pkg
+    from k_diffusion import sampling
+
+    return sampling
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_lms_is_k_diffusion_lms(order):
+    """Our LMS on the grid's σ̃ = k-diffusion's sample_lms on the same σ's (its coefficients come from
+    scipy's quad, exact on these polynomials), last step to σ = 0 included."""
+    K = _kdiffusion_sampling()
+    if K is None:
+        pytest.skip("k-diffusion is not installed (pip install k-diffusion torchsde: the bench extra)")
+    sch = EDMSchedule()  # α = 1: x = x̃
+    den = Denoiser(_mixture().network(sch, Parameterization("eps")), sch, "eps")
+    s = Sampler("lms", steps=12, grid="karras", order=order, visit_t_min=True)
+    grid = s.time_grid(sch)
+    x_T = _x_T(sch)
+    ours = s(den, x_T=x_T, progress=False).x
+    sigmas = torch.cat([sch.sigma_tilde(grid[:-1]), torch.zeros(1, dtype=torch.float64)])
+    theirs = K.sample_lms(lambda x, sig: den(x, sch.t_from_sigma_tilde(sig)).x0, x_T.clone(), sigmas, disable=True,
+                          order=order)
+    assert _rel(ours, theirs) < 1e-10, _rel(ours, theirs)
+
+
+@pytest.mark.parametrize("schedule", [VPLinearSchedule(), DDPMLinearSchedule(1000), VESchedule()], ids=["vp", "ddpm", "ve"])
+def test_deis_coefficients_integrate_polynomials_in_t(schedule):
+    """C_j = ∫_t^s σ̃'(τ) ℓ_j(τ) dτ: Σ_j C_j q(t_j) = ∫_t^s σ̃' q dτ for q of degree < 3, checked against a
+    fine midpoint rule of σ̃' q with σ̃' = σ̃·(σ̇/σ − α̇/α) (a different formula: no integration by parts),
+    on a step that spans many of the discrete schedule's timesteps (break points at the timesteps, so that
+    no midpoint sits on a kink of σ̃')."""
+    times = [0.52, 0.61, 0.75]
+    t, s = times[0], 0.31
+    C = deis_coefficients(schedule, times, t, s)
+    edges = torch.linspace(s, t, 20001, dtype=torch.float64)
+    if schedule.num_timesteps is not None:
+        edges = torch.unique(torch.cat([edges, torch.arange(311, 520, dtype=torch.float64) / schedule.num_timesteps]))
+    tau, width = 0.5 * (edges[1:] + edges[:-1]), edges[1:] - edges[:-1]
+    a, sg, ad, sd = schedule.coefficients(tau)
+    dst = (sg / a) * (sd / sg - ad / a)
+    for k in range(3):
+        exact = -float((dst * tau**k * width).sum())  # ∫_t^s = −∫_s^t; midpoint error ~1e-10 here
+        got = sum(c * tj**k for c, tj in zip(C, times))
+        assert abs(got - exact) < 1e-8 * max(1.0, abs(exact)), (k, got, exact)
+
+
 @pytest.mark.parametrize("sched_name,schedule", SCHEDULES[:2], ids=SCHEDULE_IDS[:2])
 def test_unipc_bh2_predictor_is_dpm_solver_pp_2m(sched_name, schedule):
-    a = _run("unipc_2", schedule, steps=12, variant="bh2", use_corrector=False).x
+    a = _run("unipc_2", schedule, steps=12, variant="bh2", use_corrector=False, terminal_order=2).x
     b = _run("dpm_solver_pp_2m", schedule, steps=12).x
     assert _rel(a, b) < 1e-12
     # and the corrector changes the result (it is not a no-op), bh1 differs from bh2
@@ -183,11 +253,12 @@ def test_multistep_updates_are_exact_on_polynomials():
         assert float((out - exact).abs().max()) < 1e-13
 
 
-EXPECTED_NFE = {  # network calls for a grid of `steps` intervals ending with the terminal x̂_0 step
+EXPECTED_NFE = {  # network calls for a grid of `steps` intervals ending with the step to σ̃ = 0
     "ddim": lambda n: n, "euler": lambda n: n, "heun": lambda n: 2 * n - 1, "rk4": lambda n: 4 * n - 3,
     "dpm_solver_1": lambda n: n, "dpm_solver_2": lambda n: 2 * n - 1, "dpm_solver_3": lambda n: 3 * n - 2,
     "dpm_solver_pp_1": lambda n: n, "dpm_solver_pp_2s": lambda n: 2 * n - 1, "dpm_solver_pp_2m": lambda n: n,
-    "dpm_solver_pp_3m": lambda n: n, "unipc_2": lambda n: n, "unipc_3": lambda n: n,
+    "dpm_solver_pp_3m": lambda n: n, "unipc_2": lambda n: n, "unipc_3": lambda n: n, "lms": lambda n: n,
+    "ipndm": lambda n: n, "deis": lambda n: n,
 }
 
 
@@ -246,6 +317,12 @@ def test_progress_bar_and_float64():
 
 def test_bad_options_fail_clearly():
     sch = VPLinearSchedule()
+    with pytest.raises(ValueError, match="lms order"):
+        _run("lms", sch, order=5)
+    with pytest.raises(ValueError, match="deis order"):
+        _run("deis", sch, order=4)
+    with pytest.raises(ValueError, match="unknown grid spacing"):
+        Sampler("unipc_2", grid="cosine")
     with pytest.raises(ValueError, match="variant"):
         _run("dpm_solver_pp_3m", sch, variant="nonsense")
     with pytest.raises(ValueError, match="UniPC variant"):
@@ -256,9 +333,7 @@ def test_bad_options_fail_clearly():
         _run("dpm_solver_2", sch, solver_type="midpoint")
 
 
-@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "rk4", "dopri5", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3",
-                                  "dpm_solver_pp_1", "dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m",
-                                  "unipc_2", "unipc_3"])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_sampler_configs_build(name):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -271,3 +346,37 @@ def test_sampler_configs_build(name):
     sampler.steps = min(sampler.steps, 4)
     res = sampler(den, shape=(2, 3), generator=torch.Generator().manual_seed(0), progress=False)
     assert torch.isfinite(res.x).all()
+
+
+def _conf(name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+
+
+def test_every_sampler_has_a_config_and_every_config_a_sampler():
+    assert {p.stem for p in CONF.glob("*.yaml")} == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_config_defers_to_the_registry(name):
+    """One source of truth: each conf/sampler file leaves the grid to the registry (``auto``) and any option
+    it lists has the value of the sampler function's default (so the README's defaults are what runs)."""
+    cfg = _conf(name)
+    assert cfg["name"] == name and cfg.get("grid") == "auto", (name, cfg.get("grid"))
+    params = inspect.signature(SAMPLERS[name].fn).parameters
+    skip = {"_target_", "name", "steps", "grid", "label", "rho", "denoise_last", "visit_t_min"}
+    for key, value in cfg.items():
+        if key in skip:
+            continue
+        assert key in params, f"{name}.yaml sets {key!r}, which {name} does not take"
+        assert params[key].default == value, f"{name}.yaml sets {key}={value!r}; the sampler's default is {params[key].default!r}"
+    if "rho" in cfg:
+        assert cfg["rho"] == 7.0
+    assert "visit_t_min" not in cfg or cfg["visit_t_min"] is None
+
+
+def test_readme_sampler_table_is_the_registry():
+    """README.md's sampler table is ``python -m diffusion_lab.samplers`` verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    assert table() in readme

@@ -413,3 +413,67 @@ def test_noise_comes_only_from_the_generator():
         c = run(name, denoiser(gm, sch), 16, 5, seed=8)
         assert torch.equal(a, b), name
         assert not torch.equal(a, c), name
+
+
+# ------------------------------------------------------------------------------------- rules of PC and EDM
+def test_pc_langevin_step_follows_the_snr_rule():
+    """Score SDE's corrector (Song et al. 2021, Alg. 4) sets ε = 2a(snr‖z‖/‖ŝ‖)² so that the drift ε ŝ and the
+    noise √(2ε) z of a Langevin step have the norm ratio √a·snr. One step on data N(0, vI) under VE (a = 1),
+    where ŝ = −x/(v + σ²): the regression slope of x' on x is 1 − κ with κ = ε/(v + σ²), and the snr rule gives
+    κ = 2 snr² (v + σ²) D / mean‖x‖² (mean‖z‖ = √D to O(1/D)); a step without the factor 2 gives half of it."""
+    sch, v, D, n, snr = VESchedule(), 0.25, 500, 200, 0.16
+    den = Denoiser(IsotropicGaussianX0(sch, v), sch, "x0")
+    x = sch.prior_sample((n, D), generator=torch.Generator().manual_seed(0), dtype=F64)
+    out = Sampler("pc", steps=1, grid="uniform", denoise_last=False, predictor="none", corrector_steps=1,
+                  snr=snr)(den, x_T=x, generator=torch.Generator().manual_seed(1), progress=False).x
+    kappa = 1.0 - float((out * x).sum() / (x * x).sum())
+    s2 = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) ** 2
+    expected = 2.0 * snr**2 * (v + s2) * D / float(x.norm(dim=1).mean()) ** 2
+    assert abs(kappa / expected - 1.0) < 0.1, (kappa, expected)  # regression noise ≈ 2 %
+
+
+class _Recorder:
+    """A denoiser proxy that records σ̃ at every network call."""
+
+    def __init__(self, den):
+        self.den, self.schedule, self.sigmas = den, den.schedule, []
+
+    @property
+    def nfe(self):
+        return self.den.nfe
+
+    @property
+    def gives_score(self):
+        return self.den.gives_score
+
+    def __call__(self, x, t):
+        t = torch.as_tensor(t, dtype=F64)
+        self.sigmas.append(float(self.schedule.sigma_tilde(t.reshape(-1)[0])))
+        return self.den(x, t)
+
+
+@pytest.mark.parametrize("S_churn,gamma", [(1000.0, math.sqrt(2.0) - 1.0), (0.8, 0.1)])
+def test_edm_churn_raises_the_noise_level_by_one_plus_gamma(S_churn, gamma):
+    """EDM Alg. 2: σ̂ = σ_i (1 + γ), γ = min(S_churn/N, √2 − 1): the first call of each step (after the
+    first, where σ̂ is capped at σ_max) is at exactly (1 + γ) times the grid's σ̃_i."""
+    sch, steps = EDMSchedule(), 8
+    rec = _Recorder(denoiser(mixture(), sch))
+    s = Sampler("edm_stochastic", steps=steps, S_churn=S_churn, S_min=0.0, S_max=float("inf"))
+    grid = s.time_grid(sch)
+    s(rec, (4, 2), generator=torch.Generator().manual_seed(0), progress=False)
+    grid_sigmas = sch.sigma_tilde(grid[:-1])
+    churned = rec.sigmas[0::2]  # step i: the call at σ̂_i, then (except on the last step) the Heun call at σ̃_{i+1}
+    assert len(churned) == steps
+    ratios = torch.tensor(churned[1:], dtype=F64) / grid_sigmas[1:]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, 1.0 + gamma), rtol=1e-9, atol=0)
+    torch.testing.assert_close(torch.tensor(rec.sigmas[1::2], dtype=F64), grid_sigmas[1:], rtol=1e-9, atol=0)
+
+
+def test_edm_without_churn_is_heun_with_the_jump():
+    """S_churn = 0: EDM Alg. 2 is Alg. 1, the deterministic Heun sampler with its Euler step to σ = 0."""
+    sch = EDMSchedule()
+    x_T = sch.prior_sample((32, 2), generator=torch.Generator().manual_seed(2), dtype=F64)
+    a = run("edm_stochastic", denoiser(mixture(), sch), 32, 12, x_T=x_T, S_churn=0.0)
+    b = Sampler("heun", steps=12, grid="karras", visit_t_min=True, terminal="denoise")(
+        denoiser(mixture(), sch), x_T=x_T, progress=False).x
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -26,8 +26,7 @@ def test_default_run_learns_and_writes_checkpoint_config_and_evaluation(compose_
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "config.yaml").is_file()
     # evaluated after epoch index 2 (every 3rd) and at the end (epoch index 4), the selected sampler each time
     pictures = sorted((tmp_path / "samples").glob("*/epoch_*.png"))
-    assert [(p.parent.name, p.name) for p in pictures] == [("dpm_solver_pp_2m_4", "epoch_0002.png"),
-                                                         ("dpm_solver_pp_2m_4", "epoch_0004.png")]
+    assert [(p.parent.name, p.name) for p in pictures] == [("unipc_2_4", "epoch_0002.png"), ("unipc_2_4", "epoch_0004.png")]
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) == 60

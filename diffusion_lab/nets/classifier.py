@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_lab.nets.embeddings import TimeEmbeddingMLP, broadcast_label, make_noise_embedding
-from diffusion_lab.nets.unet import UNetEncoder, _as_tuple, group_norm
+from diffusion_lab.nets.unet import UNetEncoder, as_tuple, group_norm
 
 
 class NoiseConditionalClassifier(nn.Module):
@@ -61,7 +61,7 @@ class NoiseConditionalClassifier(nn.Module):
         self.noise_embed = make_noise_embedding(time_embedding, ch, fourier_scale)
         self.noise_mlp = TimeEmbeddingMLP(ch, emb_dim)
         self.encoder = UNetEncoder(
-            in_channels, image_size, ch, _as_tuple(ch_mult), num_res_blocks, _as_tuple(attn_resolutions),
+            in_channels, image_size, ch, as_tuple(ch_mult), num_res_blocks, as_tuple(attn_resolutions),
             emb_dim, dropout, num_heads, num_head_channels, resblock_updown, resample_with_conv,
             resample_skip_conv, scale_shift_norm, skip_rescale, norm_groups, norm_eps, mid_attention,
         )
@@ -102,7 +102,7 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         cur = in_channels
-        for i, w in enumerate(_as_tuple(widths)):
+        for i, w in enumerate(as_tuple(widths)):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):

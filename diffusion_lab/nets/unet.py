@@ -206,7 +206,7 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-def _as_tuple(values: Sequence[int] | int | None) -> tuple[int, ...]:
+def as_tuple(values: Sequence[int] | int | None) -> tuple[int, ...]:
     if values is None:
         return ()
     if isinstance(values, int):
@@ -340,8 +340,8 @@ class UNet(nn.Module):
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
-        ch_mult = _as_tuple(ch_mult)
-        attn_resolutions = _as_tuple(attn_resolutions)
+        ch_mult = as_tuple(ch_mult)
+        attn_resolutions = as_tuple(attn_resolutions)
         if attn_decoder not in ("all", "last"):
             raise ValueError(f"attn_decoder must be 'all' or 'last', got {attn_decoder!r}.")
         self.in_channels, self.image_size = in_channels, image_size

@@ -18,7 +18,8 @@ method, default "dopri5"). The error norm is torchdiffeq's RMS over the whole ba
 shares its step sizes. Only the grid's first point and its last positive point are used
 (so any ``steps`` ≥ 2 gives the same result: t_max → t_min; with steps = 1 and the terminal step the
 grid is [t_max, 0] and only the denoising step remains); a terminal 0 in the grid adds one
-denoising step x ← x̂_0(x, t_min). The
+denoising step x ← x̂_0(x, t_min) (an adaptive one-step solver keeps no history for the Adams last
+step of ``adams``, and asking it for σ̃ < σ̃(t_min) would query the network outside its range). The
 NFE is whatever the denoiser counted (the ``Sampler`` runner reports it): torchdiffeq's initial
 step selection costs 2 calls, then 6 per accepted or rejected step (FSAL).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import register
 from diffusion_lab.samplers.exponential import is_terminal, lambda_rate
 
@@ -35,7 +37,7 @@ from diffusion_lab.samplers.exponential import is_terminal, lambda_rate
 _ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
-@register("dopri5", stochastic=False, order=5, nfe_per_step=6, default_grid="lambda",
+@register("dopri5", stochastic=False, order=5, nfe_per_step=6, default_grid=ODE_GRIDS["dopri5"],
           description="adaptive Dormand–Prince 5(4) in λ via torchdiffeq (NFE counted)")
 def sample_dopri5(denoiser, x: Tensor, grid: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
                   method: str = "dopri5", generator: torch.Generator | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 
 
@@ -30,7 +31,7 @@ def ddim_step(x: Tensor, pred_x0: Tensor, pred_eps: Tensor, a_t: Tensor, s_t: Te
     return a_s * pred_x0 + torch.sqrt(torch.clamp(s_s * s_s - c * c, min=0.0)) * pred_eps + c * z
 
 
-@register("ddim", stochastic=False, order=1, nfe_per_step=1, default_grid="uniform",
+@register("ddim", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["ddim"],
           description="DDIM; eta=0 is deterministic (PF-ODE Euler in σ̃), eta>0 adds noise")
 def sample_ddim(denoiser, x: Tensor, grid: Tensor, *, eta: float = 0.0, clip_x0: bool = False,
                 generator: torch.Generator | None = None, progress: bool = False) -> Tensor:

@@ -23,8 +23,9 @@ term contributes h²φ_2 ε̂' + ½ r_2 h³ φ_2 ε̂''; the exact expansion nee
 φ_2(0) = ½, φ_3(0) = ⅙ this matches at leading order iff r_2/4 = 1/6. u_2 only needs second order.
 
 Registered as "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"; ``steps`` counts grid intervals and
-each ODE step costs ``order`` NFE; the terminal step to t = 0 returns x̂_0 (1 NFE). Default grid:
-uniform in λ (the paper's choice for these solvers). Nominal orders 1, 2, 3 (measured: see
+each ODE step costs ``order`` NFE; the last step to σ̃ = 0 (1 NFE, the prediction at the last node)
+is the Adams step in σ̃ through the predictions at the last grid nodes (``adams``; the jump x̂_0 with
+``terminal="denoise"``, and for DPM-Solver-1). Nominal orders 1, 2, 3 (measured: see
 tests/test_sampler_orders.py).
 """
 
@@ -33,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -71,20 +74,24 @@ def dpm_solver_step(denoiser, x: Tensor, cur: Node, nxt: Node, eps_t: Tensor, or
     raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}.")
 
 
-def _sample(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, **kw) -> Tensor:
+def _sample(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, terminal: str = "multistep",
+            terminal_order: int | None = None, terminal_reach: float | None = None, **kw) -> Tensor:
     sch = denoiser.schedule
+    t_order = terminal_order or order
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, f"dpm_solver_{order}"):
         pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
         if is_terminal(s, sch):
-            return pred.x0
+            return tail.finish(x, cur, terminal, t_order)
         nxt = node(sch, s)
         x = dpm_solver_step(denoiser, x, cur, nxt, pred.eps, order, **kw)
         cur = nxt
     return x
 
 
-@register("dpm_solver_1", stochastic=False, order=1, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_1", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_1"],
           description="DPM-Solver-1 (noise prediction) = DDIM η=0")
 def sample_dpm_solver_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.Generator | None = None,
                         progress: bool = False) -> Tensor:
@@ -92,17 +99,20 @@ def sample_dpm_solver_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.G
     return _sample(1, denoiser, x, grid, progress)
 
 
-@register("dpm_solver_2", stochastic=False, order=2, nfe_per_step=2, default_grid="lambda",
+@register("dpm_solver_2", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["dpm_solver_2"],
           description="DPM-Solver-2, single-step, noise prediction, r1=1/2")
 def sample_dpm_solver_2(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
+                        terminal: str = "multistep", terminal_order: int = 2, terminal_reach: float | None = 2.0,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1): single-step, second order, 2 NFE per step."""
-    return _sample(2, denoiser, x, grid, progress, solver_type=solver_type, r1=r1)
+    return _sample(2, denoiser, x, grid, progress, terminal, terminal_order, terminal_reach, solver_type=solver_type,
+                   r1=r1)
 
 
-@register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid="lambda",
+@register("dpm_solver_3", stochastic=False, order=3, nfe_per_step=3, default_grid=ODE_GRIDS["dpm_solver_3"],
           description="DPM-Solver-3, single-step, noise prediction, r1=1/3, r2=2/3")
 def sample_dpm_solver_3(denoiser, x: Tensor, grid: Tensor, *, r1: float = 1.0 / 3.0, r2: float = 2.0 / 3.0,
+                        terminal: str = "multistep", terminal_order: int = 3, terminal_reach: float | None = 2.0,
                         generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2): single-step, third order, 3 NFE per step."""
-    return _sample(3, denoiser, x, grid, progress, r1=r1, r2=r2)
+    return _sample(3, denoiser, x, grid, progress, terminal, terminal_order, terminal_reach, r1=r1, r2=r2)

@@ -1,6 +1,6 @@
 """DPM-Solver++: exponential integrators in data-prediction form (Lu et al. 2022b, "DPM-Solver++:
 Fast Solver for Guided Sampling of Diffusion Probabilistic Models"), single-step (1, 2S) and
-multistep (2M, 3M), with a third-order multistep update derived here.
+multistep (2M, 3M), with the published 3M update and a true third-order one derived here.
 
 Exact solution (``exponential``; h = λ_s − λ_t > 0, x̂_0 as a function of λ along the path):
 
@@ -29,18 +29,26 @@ each accurate to O(h²) and O(h) respectively for non-uniform steps (h_1, h_2 = 
 has local error O(h⁴) and is third order (general r_j: ``exponential.taylor_terms``; the code
 solves the 2×2 Taylor system, which is algebraically the same as the formulas above).
 
-The published 3M (dpm-solver, diffusers, k-diffusion) multiplies hφ_3(−h) by h²δ_2 instead of
-2h²δ_2 — it uses D_2 = h² δ_2 = ½ h² p'' as if it were h² x̂_0''. That leaves a local error
-−½ h³ φ_3(0) x̂_0'' = −h³ x̂_0''/12 per step, i.e. a second-order method (measured ≈ 2, REFERENCE.md
-reports 1.92). It is kept only as ``variant="published"`` for the test that demonstrates the fix.
+The published 3M (Lu et al. 2022b's code, diffusers, k-diffusion) multiplies hφ_3(−h) by h²δ_2
+instead of 2h²δ_2 — it uses D_2 = h² δ_2 = ½ h² p'' as if it were h² x̂_0''. That leaves a local error
+−½ h³ φ_3(0) x̂_0'' = −h³ x̂_0''/12 per step, i.e. a second-order method in the limit (measured ≈ 2:
+tests/test_sampler_orders.py). At the step counts that matter it is nevertheless the more accurate
+update (1.5–2× at NFE 10–50 on the benchmark mixtures: the halved second difference is also a damped
+extrapolation on coarse grids), so it is the default, ``variant="published"``; ``variant="derived"``
+is the third-order update, better from NFE ≈ 100 (experiments/sampler_accuracy).
 
-Warm-up and step-down (``exponential.final_order``): the i-th ODE step (0-based) uses order
+Warm-up and step-down (``exponential.final_order``): the i-th step (0-based) uses order
 min(order, i+1) — 3M runs one first-order step, one second-order step (the 2M update), then third
 order. Those warm-up steps sit at t_max where x̂_0 varies in λ only like α/σ ≈ e^{λ(t_max)} (≈ 7e-3
 for VP, 1e-3 for rectified flow), so their lower local order is invisible at practical step counts.
-With ``lower_order_final=True`` (default) and fewer than 10 ODE steps, the k-th last step uses
-order ≤ k. The terminal step to t = 0 returns x̂_0, which is the prediction the multistep method
-has already made at t_min (so the total NFE equals the number of grid intervals).
+With ``lower_order_final=True`` and fewer than ``final_threshold`` steps the k-th last step uses
+order ≤ k (diffusers' rule); measured, it changes the error at NFE 10–20 by < 3 % once the grid ends
+one step above t_min and the last step is the Adams step below, so it is off by default.
+``exponential.ratio_order`` caps the order at 2 after a λ-step grows by more than ``max_step_ratio``.
+
+The last step to σ̃ = 0 (``adams``): the Adams step in σ̃ through the predictions already made at the
+last ``terminal_order`` grid nodes (no extra call; ``terminal="denoise"``: the jump x̂_0). So the
+total NFE equals the number of grid intervals.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -58,7 +68,7 @@ from diffusion_lab.samplers.exponential import (
     is_terminal,
     node,
     node_at_lambda,
-    ode_step_count,
+    ratio_order,
     taylor_terms,
 )
 
@@ -89,17 +99,26 @@ def multistep_terms(x0: Tensor, cur: Node, nxt: Node, history: list[tuple[Node, 
 
 
 def _sample_multistep(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, solver_type: str,
-                      lower_order_final: bool, variant: str = "derived") -> Tensor:
+                      lower_order_final: bool, variant: str = "derived", terminal: str = "multistep",
+                      terminal_order: int | None = None, final_threshold: int = 15,
+                      max_step_ratio: float = 0.0, terminal_reach: float | None = None) -> Tensor:
     sch = denoiser.schedule
-    n_ode = ode_step_count(grid, sch)
+    steps = len(grid) - 1
+    t_order = terminal_order or order
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     history: list[tuple[Node, Tensor]] = []
     cur = node(sch, grid[0])
     for i, _, s in progress_steps(grid, progress, f"dpm_solver_pp_{order}m"):
-        x0 = denoiser(x, cur.t).x0
+        pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
+        p = final_order(order, i, steps, lower_order_final, final_threshold)
         if is_terminal(s, sch):
-            return x0
+            return tail.finish(x, cur, terminal, min(t_order, final_order(t_order, i, steps, lower_order_final,
+                                                                           final_threshold)))
+        x0 = pred.x0
         nxt = node(sch, s)
-        p = final_order(order, i, n_ode, lower_order_final)
+        if history:
+            p = ratio_order(p, nxt.lam - cur.lam, cur.lam - history[-1][0].lam, max_step_ratio)
         terms, coeffs = multistep_terms(x0, cur, nxt, history, p, solver_type, variant)
         x = exp_step(x, cur, nxt, terms, data=True, coeffs=coeffs)
         history = (history + [(cur, x0)])[-(order - 1):] if order > 1 else []
@@ -107,7 +126,7 @@ def _sample_multistep(order: int, denoiser, x: Tensor, grid: Tensor, progress: b
     return x
 
 
-@register("dpm_solver_pp_1", stochastic=False, order=1, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_pp_1", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_1"],
           description="DPM-Solver++(1) (data prediction) = DDIM η=0")
 def sample_dpm_solver_pp_1(denoiser, x: Tensor, grid: Tensor, *, generator: torch.Generator | None = None,
                            progress: bool = False) -> Tensor:
@@ -115,17 +134,23 @@ def sample_dpm_solver_pp_1(denoiser, x: Tensor, grid: Tensor, *, generator: torc
     return _sample_multistep(1, denoiser, x, grid, progress, "dpm_solver", False)
 
 
-@register("dpm_solver_pp_2s", stochastic=False, order=2, nfe_per_step=2, default_grid="lambda",
+@register("dpm_solver_pp_2s", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["dpm_solver_pp_2s"],
           description="DPM-Solver++(2S), single-step, data prediction, r=1/2")
 def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver", r1: float = 0.5,
+                            terminal: str = "multistep", terminal_order: int = 3, terminal_reach: float | None = 2.0,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): single-step second order, 2 NFE per step."""
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): single-step second order, 2 NFE per step; the last
+    step to σ̃ = 0 is the Adams step through the predictions at the last grid nodes (``adams``)."""
     sch = denoiser.schedule
+    t_order = terminal_order
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, "dpm_solver_pp_2s"):
-        x0 = denoiser(x, cur.t).x0
+        pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
         if is_terminal(s, sch):
-            return x0
+            return tail.finish(x, cur, terminal, t_order)
+        x0 = pred.x0
         nxt = node(sch, s)
         h = nxt.lam - cur.lam
         mid = node_at_lambda(sch, cur.lam + r1 * h)
@@ -138,22 +163,27 @@ def sample_dpm_solver_pp_2s(denoiser, x: Tensor, grid: Tensor, *, solver_type: s
     return x
 
 
-@register("dpm_solver_pp_2m", stochastic=False, order=2, nfe_per_step=1, default_grid="lambda",
+@register("dpm_solver_pp_2m", stochastic=False, order=2, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_2m"],
           description="DPM-Solver++(2M), multistep, data prediction")
 def sample_dpm_solver_pp_2m(denoiser, x: Tensor, grid: Tensor, *, solver_type: str = "dpm_solver",
-                            lower_order_final: bool = True, generator: torch.Generator | None = None,
-                            progress: bool = False) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): multistep second order, 1 NFE per step."""
-    return _sample_multistep(2, denoiser, x, grid, progress, solver_type, lower_order_final)
-
-
-@register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid="lambda",
-          description="DPM-Solver++(3M), multistep, data prediction, true third order")
-def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "derived",
-                            solver_type: str = "dpm_solver", lower_order_final: bool = True,
+                            lower_order_final: bool = False, final_threshold: int = 15, max_step_ratio: float = 2.0,
+                            terminal: str = "multistep", terminal_order: int = 2, terminal_reach: float | None = 2.0,
                             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-    """DPM-Solver++(3M), multistep third order (derived here; ``variant="published"`` reproduces the
-    second-order published update for comparison), 1 NFE per step."""
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): multistep second order, 1 NFE per step."""
+    return _sample_multistep(2, denoiser, x, grid, progress, solver_type, lower_order_final, "derived", terminal,
+                             terminal_order, final_threshold, max_step_ratio, terminal_reach)
+
+
+@register("dpm_solver_pp_3m", stochastic=False, order=3, nfe_per_step=1, default_grid=ODE_GRIDS["dpm_solver_pp_3m"],
+          description="DPM-Solver++(3M), multistep, data prediction; published update (default) or true 3rd order")
+def sample_dpm_solver_pp_3m(denoiser, x: Tensor, grid: Tensor, *, variant: str = "published",
+                            solver_type: str = "dpm_solver", lower_order_final: bool = False, final_threshold: int = 15,
+                            max_step_ratio: float = 2.0, terminal: str = "multistep", terminal_order: int = 2,
+                            terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+                            progress: bool = False) -> Tensor:
+    """DPM-Solver++(3M), multistep, 1 NFE per step: ``variant="published"`` (Lu et al. 2022b) or
+    ``"derived"`` (the true third-order update of the module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown 3M variant {variant!r}; choose one of {VARIANTS}.")
-    return _sample_multistep(3, denoiser, x, grid, progress, solver_type, lower_order_final, variant)
+    return _sample_multistep(3, denoiser, x, grid, progress, solver_type, lower_order_final, variant, terminal,
+                             terminal_order, final_threshold, max_step_ratio, terminal_reach)

@@ -22,9 +22,10 @@ One step from σ̃_i to σ̃_{i+1} (Δ = σ̃_{i+1} − σ̃_i < 0, d(y, σ̃) =
     heun:   k1 = d(y, σ̃_i), k2 = d(y + Δ k1, σ̃_{i+1}), y' = y + Δ (k1 + k2)/2  (EDM Alg. 1)  2 NFE
     rk4:    the classical 4-stage Runge–Kutta method, midpoint stages at σ̃_i + Δ/2        4 NFE
 
-Nominal orders 1, 2, 4. The grid's terminal step to σ̃ = 0 (t = 0) is the Euler step there,
-x̃ − σ̃ ε̂ = x̂_0, for all three (EDM Alg. 1 takes an Euler step on its last interval): it costs
-1 NFE and returns x̂_0. Coefficients and stage times are float64; the state is in x's dtype.
+Nominal orders 1, 2, 4. The grid's last step to σ̃ = 0 (t = 0) costs 1 NFE (ε̂ at the last node) and
+is the Adams step in σ̃ through ε̂ at the last ``terminal_order`` nodes (``adams``); with order 1 or
+``terminal="denoise"`` it is the Euler step x̃ − σ̃ ε̂ = x̂_0 that EDM Alg. 1 takes on its last
+interval. Coefficients and stage times are float64; the state is in x's dtype.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import Node, is_terminal, node, node_at_sigma_tilde
 
@@ -43,6 +46,7 @@ TABLEAUX: dict[str, tuple[list[list[float]], list[float], list[float]]] = {
     "heun": ([[], [1.0]], [0.5, 0.5], [0.0, 1.0]),
     "rk4": ([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0.0, 0.5, 0.5, 1.0]),
 }
+ORDERS = {"euler": 1, "heun": 2, "rk4": 4}
 
 
 def _stage_node(schedule, cur: Node, nxt: Node, c: float, variable: str) -> Node:
@@ -85,37 +89,45 @@ def rk_step(denoiser, x: Tensor, cur: Node, nxt: Node, method: str, variable: st
     return y * nxt.alpha if variable == "sigma_tilde" else y
 
 
-def _sample_rk(method: str, denoiser, x: Tensor, grid: Tensor, variable: str, progress: bool) -> Tensor:
+def _sample_rk(method: str, denoiser, x: Tensor, grid: Tensor, variable: str, progress: bool, terminal: str,
+               terminal_order: int | None, terminal_reach: float | None) -> Tensor:
     sch = denoiser.schedule
+    t_order = terminal_order or ORDERS[method]
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     cur = node(sch, grid[0])
     for _, _, s in progress_steps(grid, progress, method):
+        pred = denoiser(x, cur.t)
+        tail.add(cur, pred)
         if is_terminal(s, sch):
-            return denoiser(x, cur.t).x0
+            return tail.finish(x, cur, terminal, t_order)
         nxt = node(sch, s)
-        x = rk_step(denoiser, x, cur, nxt, method, variable)
+        x = rk_step(denoiser, x, cur, nxt, method, variable, first=pred)
         cur = nxt
     return x
 
 
-@register("euler", stochastic=False, order=1, nfe_per_step=1, default_grid="karras",
+@register("euler", stochastic=False, order=1, nfe_per_step=1, default_grid=ODE_GRIDS["euler"],
           description="PF-ODE Euler in σ̃ (= DDIM η=0 = DPM-Solver-1); variable='t' for Euler in t")
-def sample_euler(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde",
-                 generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+def sample_euler(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
+                 terminal_order: int = 1, terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+                 progress: bool = False) -> Tensor:
     """Euler's method on the PF-ODE dx̃/dσ̃ = ε̂ (or dx/dt = û with variable='t')."""
-    return _sample_rk("euler", denoiser, x, grid, variable, progress)
+    return _sample_rk("euler", denoiser, x, grid, variable, progress, terminal, terminal_order, terminal_reach)
 
 
-@register("heun", stochastic=False, order=2, nfe_per_step=2, default_grid="karras",
-          description="PF-ODE Heun (EDM Alg. 1) in σ̃; last step Euler to σ̃=0")
-def sample_heun(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde",
-                generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+@register("heun", stochastic=False, order=2, nfe_per_step=2, default_grid=ODE_GRIDS["heun"],
+          description="PF-ODE Heun (EDM Alg. 1) in σ̃; last step to σ̃=0 an Adams step (or EDM's Euler step)")
+def sample_heun(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
+                terminal_order: int = 2, terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+                progress: bool = False) -> Tensor:
     """Heun's 2nd-order method on the PF-ODE (Karras et al. 2022, Alg. 1, deterministic)."""
-    return _sample_rk("heun", denoiser, x, grid, variable, progress)
+    return _sample_rk("heun", denoiser, x, grid, variable, progress, terminal, terminal_order, terminal_reach)
 
 
-@register("rk4", stochastic=False, order=4, nfe_per_step=4, default_grid="karras",
+@register("rk4", stochastic=False, order=4, nfe_per_step=4, default_grid=ODE_GRIDS["rk4"],
           description="PF-ODE classical 4th-order Runge–Kutta in σ̃")
-def sample_rk4(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde",
-               generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+def sample_rk4(denoiser, x: Tensor, grid: Tensor, *, variable: str = "sigma_tilde", terminal: str = "multistep",
+               terminal_order: int = 3, terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+               progress: bool = False) -> Tensor:
     """Classical RK4 on the PF-ODE dx̃/dσ̃ = ε̂ (or dx/dt = û with variable='t')."""
-    return _sample_rk("rk4", denoiser, x, grid, variable, progress)
+    return _sample_rk("rk4", denoiser, x, grid, variable, progress, terminal, terminal_order, terminal_reach)

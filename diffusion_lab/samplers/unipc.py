@@ -23,12 +23,13 @@ One step of UniPC-p (1 NFE per step):
       D = x̂_0(x_s^P, s) − x̂_0,t) → x_s^C, local error O(h^{p+2}): order p + 1 for free.
 
 The corrected x_s^C is the new state; its history value is the prediction at x_s^P (the difference
-is O(h^{p+1}) and enters the next step with weight O(h)). Warm-up and step-down as in
-``exponential.final_order`` (step i uses p = min(order, i + 1); with fewer than 10 ODE steps the
-k-th last step uses p ≤ k). The corrector is skipped on the last ODE step (``corrector_last=False``):
-it would need one more network call and one predictor-order local error does not lower the global
-order. The terminal step to t = 0 returns x̂_0(x_s^P) made at t_min. Nominal orders with the
-corrector: "unipc_2" → 3, "unipc_3" → 4 (``use_corrector=False``: 2 and 3).
+is O(h^{p+1}) and enters the next step with weight O(h)). Warm-up, optional step-down and the step-
+ratio cap as in ``dpm_solver_pp`` (``exponential.final_order``, ``exponential.ratio_order``). The
+corrector is skipped on the last ODE step (``corrector_last=False``): it would need one more network
+call and one predictor-order local error does not lower the global order. The last step to σ̃ = 0 is
+the Adams step in σ̃ (``adams``) through the predictions at the last ``terminal_order`` nodes (4 for
+both: measured), or the jump x̂_0(x_s^P) with ``terminal="denoise"``. Nominal
+orders with the corrector: "unipc_2" → 3, "unipc_3" → 4 (``use_corrector=False``: 2 and 3).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import math
 import torch
 from torch import Tensor
 
+from diffusion_lab.samplers.adams import Tail, tail_size
+from diffusion_lab.samplers.defaults import ODE_GRIDS
 from diffusion_lab.samplers.base import progress_steps, register
 from diffusion_lab.samplers.exponential import (
     Node,
@@ -47,10 +50,13 @@ from diffusion_lab.samplers.exponential import (
     is_terminal,
     node,
     ode_step_count,
+    ratio_order,
     taylor_terms,
 )
 
 UNIPC_VARIANTS = ("bh1", "bh2")
+#: default order of the last step to σ̃ = 0 (measured: experiments/sampler_accuracy/DEFAULTS.md)
+TERMINAL_ORDER = {2: 4, 3: 4}
 
 
 def b_of_h(h: float, variant: str) -> float:
@@ -76,45 +82,58 @@ def unipc_update(x: Tensor, x0: Tensor, cur: Node, nxt: Node, points: list[tuple
 
 
 def _sample_unipc(order: int, denoiser, x: Tensor, grid: Tensor, progress: bool, variant: str,
-                  use_corrector: bool, lower_order_final: bool, corrector_last: bool) -> Tensor:
+                  use_corrector: bool, lower_order_final: bool, corrector_last: bool, terminal: str = "multistep",
+                  terminal_order: int | None = None, final_threshold: int = 15,
+                  max_step_ratio: float = 0.0, terminal_reach: float | None = None) -> Tensor:
     b_of_h(1.0, variant)  # validate early
     sch = denoiser.schedule
+    steps = len(grid) - 1
     n_ode = ode_step_count(grid, sch)
+    t_order = terminal_order or (order + 1 if use_corrector else order)
+    tail = Tail(tail_size(t_order, terminal), terminal_reach)
     history: list[tuple[Node, Tensor]] = []  # earlier grid points, most recent last
     cur = node(sch, grid[0])
-    x0 = denoiser(x, cur.t).x0
+    pred = denoiser(x, cur.t)
+    x0 = pred.x0
     for i, _, s in progress_steps(grid, progress, f"unipc_{order}"):
+        tail.add(cur, pred)
         if is_terminal(s, sch):
-            return x0
+            return tail.finish(x, cur, terminal, min(t_order, final_order(t_order, i, steps, lower_order_final,
+                                                                           final_threshold)))
         nxt = node(sch, s)
         h = nxt.lam - cur.lam
-        p = final_order(order, i, n_ode, lower_order_final)
+        p = final_order(order, i, steps, lower_order_final, final_threshold)
+        if history:
+            p = ratio_order(p, h, cur.lam - history[-1][0].lam, max_step_ratio)
         prev = [((nd.lam - cur.lam) / h, f) for nd, f in reversed(history[len(history) - (p - 1):])] if p > 1 else []
         x_pred = unipc_update(x, x0, cur, nxt, prev, variant)
         last = i == n_ode - 1
         need_eval = not last or is_terminal(grid[-1], sch) or (use_corrector and corrector_last)
         if not need_eval:
             return x_pred
-        x0_new = denoiser(x_pred, nxt.t).x0
+        pred_new = denoiser(x_pred, nxt.t)
         if use_corrector and (not last or corrector_last):
-            x = unipc_update(x, x0, cur, nxt, prev + [(1.0, x0_new)], variant)
-            if last and is_terminal(grid[-1], sch):  # opted in: denoise the corrected state (+1 NFE)
-                x0_new = denoiser(x, nxt.t).x0
+            x = unipc_update(x, x0, cur, nxt, prev + [(1.0, pred_new.x0)], variant)
+            if last and is_terminal(grid[-1], sch):  # opted in: predict at the corrected state (+1 NFE)
+                pred_new = denoiser(x, nxt.t)
         else:
             x = x_pred
         history = (history + [(cur, x0)])[-(order - 1):] if order > 1 else []
-        cur, x0 = nxt, x0_new
+        cur, pred = nxt, pred_new
+        x0 = pred.x0
     return x
 
 
 def _register(order: int):
-    @register(f"unipc_{order}", stochastic=False, order=order + 1, nfe_per_step=1, default_grid="lambda",
+    @register(f"unipc_{order}", stochastic=False, order=order + 1, nfe_per_step=1, default_grid=ODE_GRIDS[f"unipc_{order}"],
               description=f"UniPC-{order} (UniP-{order} + UniC), data prediction, variant bh1|bh2")
     def sample(denoiser, x: Tensor, grid: Tensor, *, variant: str = "bh2", use_corrector: bool = True,
-               lower_order_final: bool = True, corrector_last: bool = False,
-               generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+               lower_order_final: bool = False, final_threshold: int = 15, max_step_ratio: float = 2.0,
+               corrector_last: bool = False, terminal: str = "multistep", terminal_order: int = TERMINAL_ORDER[order],
+               terminal_reach: float | None = 2.0, generator: torch.Generator | None = None,
+               progress: bool = False) -> Tensor:
         return _sample_unipc(order, denoiser, x, grid, progress, variant, use_corrector, lower_order_final,
-                             corrector_last)
+                             corrector_last, terminal, terminal_order, final_threshold, max_step_ratio, terminal_reach)
 
     sample.__name__ = f"sample_unipc_{order}"
     sample.__doc__ = (f"UniPC-{order} (Zhao et al. 2023): multistep predictor of order {order} with the UniC "
