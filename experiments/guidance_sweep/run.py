@@ -108,17 +108,26 @@ def main() -> None:
     t_start = time.perf_counter()
     timings = {}
 
-    # 1-2. the model and the classifier
+    # 1-2. the model and the classifier (reused when present: their commands and times then come from the
+    # previous results file)
+    previous_file = HERE / f"results_{args.dataset}.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
     model_ckpt, clf_ckpt = model_dir / "checkpoints" / "last.ckpt", clf_dir / "checkpoints" / "last.ckpt"
-    for what, module, ckpt, folder, extra in (("model", "train", model_ckpt, model_dir, S["train"]),
-                                              ("classifier", "train_classifier", clf_ckpt, clf_dir, S["classifier"])):
+    reused: list[str] = []
+    for i, (what, module, ckpt, folder, extra) in enumerate((
+            ("model", "train", model_ckpt, model_dir, S["train"]),
+            ("classifier", "train_classifier", clf_ckpt, clf_dir, S["classifier"]))):
         if args.retrain or not ckpt.is_file():
             shutil.rmtree(folder, ignore_errors=True)
             t0 = time.perf_counter()
             run_cli(module, [*extra, *data, *common, f"hydra.run.dir={folder}"], commands)
             timings[what] = time.perf_counter() - t0
         else:
-            commands.append(f"(reused {folder.relative_to(REPO)})")
+            old = previous.get("commands", [])
+            commands.append(old[i] if len(old) > i and not old[i].startswith("(") else f"(reused {folder})")
+            if what in previous.get("timings_s", {}):
+                timings[what] = previous["timings_s"][what]
+                reused.append(what)
     accuracy_by_noise = list(csv.DictReader(open(clf_dir / "eval" / "accuracy_by_noise.csv")))
     last_step = max(int(r["step"]) for r in accuracy_by_noise)
     accuracy_by_noise = [r for r in accuracy_by_noise if int(r["step"]) == last_step]
@@ -148,10 +157,10 @@ def main() -> None:
                                    f"out_dir={evals / ('likelihood_' + conditional)}"], commands)
         likelihood[conditional] = [r for r in out if r["kind"] == "likelihood"]
     timings["likelihood"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+    timings["total"] = time.perf_counter() - t_start + sum(timings[k] for k in reused)  # the reused runs' own time
 
     results = {"dataset": args.dataset, "settings": S, "commands": commands, "rows": rows, "likelihood": likelihood,
-               "accuracy_by_noise": accuracy_by_noise, "timings_s": timings, "machine": platform.processor() or platform.machine(),
+               "accuracy_by_noise": accuracy_by_noise, "timings_s": timings, "reused": reused, "machine": platform.processor() or platform.machine(),
                "threads": os.environ.get("OMP_NUM_THREADS", "2")}
     (HERE / f"results_{args.dataset}.json").write_text(json.dumps(results, indent=1))
     write_outputs(results, evals)
@@ -178,6 +187,9 @@ def report(r: dict) -> str:
              f"`python experiments/guidance_sweep/run.py --dataset {r['dataset']}` ran these commands "
              f"({r['timings_s']['total'] / 60:.0f} min on 2 shared CPU cores, {r['threads']} threads):", ""]
     lines += [f"    {c.replace(str(REPO) + '/', '')}" for c in r["commands"]]
+    if r.get("reused"):
+        lines += ["", f"(The {' and '.join(r['reused'])} run{'s were' if len(r['reused']) > 1 else ' was'} reused from an "
+                      "earlier invocation of the same command, its time included; the evaluations were rerun.)"]
     lines += ["", "Scaled to what 2 shared CPU cores train in minutes: " + {
         "digits": "80 epochs of the 8x8 digits (≈ 960 steps of 128; the default run trains 150) for the model, "
                   "40 epochs for the classifier.",
