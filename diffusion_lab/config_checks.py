@@ -10,7 +10,8 @@ one sentence that names the config keys and the fix. Two stages, each rule in ex
   parameterization, learned variances, each evaluated sampler against the model, network against
   data shape).
 
-The run layer (``diffusion_lab.runs.build_parts``) calls both, once per entry point.
+The run layer (``diffusion_lab.runs.build_parts``) calls both, once per entry point; ``check_guidance``
+checks the guidance of ``conf/guidance`` against the model and the data (``diffusion_lab.conditioning``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 from diffusion_lab.errors import ConfigError
 
-__all__ = ["ConfigError", "check_values", "check_config", "check_components", "check_sampler"]
+__all__ = ["ConfigError", "check_values", "check_config", "check_components", "check_sampler", "check_guidance"]
 
 
 def _number(v: Any) -> bool:
@@ -51,6 +52,9 @@ VALUE_RULES: dict[str, tuple[Any, str]] = {
     "dataset.n_train": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
     "dataset.n_val": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0"),
     "sampler.steps": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),
+    "p_uncond": (lambda v: _number(v) and 0 <= v < 1, "a probability in [0, 1), e.g. 0.1"),
+    "guidance.scale": (lambda v: _number(v) and v >= 0, "a number ≥ 0"),
+    "guidance.class_label": (lambda v: _integer(v) and v >= 0, "a class index ≥ 0 (or null: class-balanced)"),
     "trainer.max_epochs": (lambda v: _integer(v) and (v >= 1 or v == -1), "an integer ≥ 1 (or -1: no limit)"),
     "trainer.max_steps": (lambda v: _integer(v) and (v >= 1 or v == -1), "an integer ≥ 1 (or -1: no limit)"),
     "trainer.gradient_clip_val": (lambda v: _number(v) and v > 0, "a number > 0 (or null: no clipping)"),
@@ -103,6 +107,11 @@ def check_config(cfg: Any, choices: dict[str, str] | None = None) -> None:
         raise ConfigError(
             f"model.num_classes={model.get('num_classes')} makes the model class-conditional, but dataset={ds_name} has no "
             "labels; set model.num_classes=null or use a labelled dataset."
+        )
+    if (cfg.get("p_uncond") or 0) > 0 and not model.get("num_classes"):
+        raise ConfigError(
+            f"p_uncond={cfg.get('p_uncond')} drops class labels, but model={model_name} is unconditional; set "
+            f"model.num_classes={ds.get('num_classes') or '<K>'} (a class-conditional model) or p_uncond=0."
         )
 
 
@@ -157,3 +166,30 @@ def check_components(*, schedule: Any, parameterization: Any, loss: Any, net: An
             f"model.in_channels={getattr(net, 'in_channels', None)}, model.image_size={getattr(net, 'image_size', None)} "
             f"do not match the dataset's images {data_shape}; set them to ${{dataset.channels}} and ${{dataset.image_size}}."
         )
+
+
+def check_guidance(kind: str | None, *, class_label: int | None, dataset_classes: int | None, net_classes: int | None,
+                   p_uncond: float, null_label: bool = False, classifier_classes: int | None = None,
+                   dataset_name: str = "<dataset>") -> None:
+    """The guidance of ``conf/guidance`` (kind 'cfg', 'classifier' or None) against the data and the model."""
+    if kind is not None and not dataset_classes:
+        raise ConfigError(f"guidance={kind} needs class labels, but dataset={dataset_name} is unlabelled; use a labelled "
+                          "dataset or guidance=none.")
+    if kind == "cfg" and not net_classes:
+        raise ConfigError("guidance=cfg needs a class-conditional model trained with label dropout (model.num_classes="
+                          f"{dataset_classes} and p_uncond=0.1 when training); an unconditional model takes "
+                          "guidance=classifier.")
+    if (kind == "cfg" or (kind == "classifier" and null_label and net_classes)) and not p_uncond > 0:
+        raise ConfigError(f"guidance={kind}{' with guidance.null_label=true' if kind == 'classifier' else ''} needs the "
+                          "null label, but the model was trained with p_uncond=0 (no label dropout); train with "
+                          "p_uncond=0.1, or use guidance=none for its conditional samples.")
+    if classifier_classes is not None and dataset_classes and classifier_classes != dataset_classes:
+        raise ConfigError(f"guidance.classifier_ckpt has {classifier_classes} classes but dataset={dataset_name} has "
+                          f"{dataset_classes}; train the classifier on this dataset.")
+    if class_label is not None:
+        if kind is None and not net_classes:
+            raise ConfigError(f"guidance.class_label={class_label} needs a class-conditional model or a guidance "
+                              "(guidance=classifier for an unconditional model).")
+        if not 0 <= class_label < int(dataset_classes or 0):
+            raise ConfigError(f"guidance.class_label={class_label} is out of range: dataset={dataset_name} has classes "
+                              f"0..{int(dataset_classes or 0) - 1}.")

@@ -18,13 +18,23 @@ and the network behind one interface for the same reason):
 
 ``output(x_t, t)`` gives the raw ``NetOutput`` with gradients (losses regress it onto their target);
 ``read(out, x, t)`` turns it into a ``Prediction`` (losses that need x̂_0 or the score);
-``denoiser(x, t)`` does all three without gradients and applies the guidance hook (samplers).
+``predict(x, t)`` does both for the current ``labels``, with gradients and unguided (likelihood);
+``denoiser(x, t)`` does all three without gradients and applies the guidance (samplers).
+
+Class labels and guidance. ``labels`` (shape (B,), or None) are the classes the samples are drawn for:
+a class-conditional network (one with ``num_classes``) receives them as ``class_labels``; an
+unconditional one never does (classifier guidance uses them instead). A guidance object
+(``diffusion_lab.guidance``) is asked for the labels of each network pass it needs
+(``branches``: classifier-free guidance wants y and the null label); the passes are batched into
+one network call on [x; x; …] and the predictions handed to its ``guide``. So ``nfe`` counts network
+calls, and ``passes`` counts per-sample passes (a guided CFG call is 1 NFE and 2 passes). A plain
+callable ``guidance(prediction, x, t) -> prediction`` is applied as it is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -32,8 +42,18 @@ from torch import Tensor
 from diffusion_lab.parameterization import Parameterization, Prediction
 from diffusion_lab.schedules.base import Schedule
 
-#: guidance(prediction, x, t) -> modified prediction (classifier / classifier-free guidance plug in here)
+#: guidance(prediction, x, t) -> modified prediction: the plain form of the guidance hook
 Guidance = Callable[[Prediction, Tensor, Tensor], Prediction]
+
+
+class BatchedGuidance(Protocol):
+    """The guidance objects of ``diffusion_lab.guidance``: the labels of each network pass, then the
+    combination of their predictions."""
+
+    def branches(self, labels: Tensor | None, t: Tensor, schedule: Schedule) -> list[Tensor | None]: ...
+
+    def guide(self, preds: Sequence[Prediction], x: Tensor, t: Tensor, labels: Tensor | None,
+              schedule: Schedule) -> Prediction: ...
 
 
 class CountingNetwork(torch.nn.Module):
@@ -80,17 +100,21 @@ class Denoiser:
     Args:
         net: an ``nn.Module`` or any callable ``net(x, noise_label, **net_kwargs)``.
         schedule, parameterization: the model's (a parameterization name is accepted).
-        guidance: a transform of the prediction applied by ``__call__`` (see ``Guidance``).
-        net_kwargs: extra keyword arguments of every call (e.g. ``class_labels``).
+        guidance: applied by ``__call__``: a ``diffusion_lab.guidance`` object (``BatchedGuidance``) or a
+            plain transform of the prediction (``Guidance``).
+        net_kwargs: extra keyword arguments of every call.
+        labels: the class of each sample (see the module docstring); settable between sampler calls.
         learned_variance: the network outputs 2C channels (prediction, then variance).
         net_dtype: the dtype the network computes in (default: read from an ``nn.Module``'s parameters
             or a ``dtype`` attribute; float32 for a plain callable).
     """
 
     def __init__(self, net: Callable[..., Tensor], schedule: Schedule, parameterization: Parameterization | str = "eps",
-                 guidance: Guidance | None = None, net_kwargs: dict | None = None, learned_variance: bool = False,
-                 net_dtype: torch.dtype | None = None):
+                 guidance: Guidance | BatchedGuidance | None = None, net_kwargs: dict | None = None,
+                 learned_variance: bool = False, net_dtype: torch.dtype | None = None, labels: Tensor | None = None):
         self.net = CountingNetwork(net)
+        self.labels = labels
+        self.passes = 0  # per-sample network passes of __call__ and predict (CFG: 2 per guided call)
         self.schedule = schedule
         self.parameterization = Parameterization(parameterization) if isinstance(parameterization, str) else parameterization
         self.guidance = guidance
@@ -105,6 +129,21 @@ class Denoiser:
 
     def reset_nfe(self) -> None:
         self.net.calls = 0
+        self.passes = 0
+
+    @property
+    def num_classes(self) -> int | None:
+        """The network's number of classes (None: unconditional)."""
+        return getattr(self.net.net, "num_classes", None) or None
+
+    def _label_kwargs(self, labels: Tensor | None, batch: int, device: torch.device) -> dict:
+        """``class_labels`` for a class-conditional network (nothing for an unconditional one)."""
+        if labels is None or not self.num_classes:
+            return {}
+        if labels.shape[0] != batch:
+            raise ValueError(f"the denoiser has {labels.shape[0]} labels for a batch of {batch} samples; set one "
+                             "label per sample.")
+        return {"class_labels": labels.to(device)}
 
     @property
     def gives_score(self) -> bool:
@@ -164,14 +203,43 @@ class Denoiser:
             pred.var_interp = variance_fraction(out.var_raw.to(x.dtype))
         return pred
 
+    def _predictions(self, x: Tensor, t: Tensor, branches: Sequence[Tensor | None]) -> list[Prediction]:
+        """One prediction per branch (labels of a pass), all from ONE network call on the stacked batch;
+        the network in its own dtype, the predictions in the dtype of x."""
+        k, batch = len(branches), x.shape[0]
+        if k == 1:
+            kwargs = self._label_kwargs(branches[0], batch, x.device)
+            xs, ts = x, t
+        else:
+            if not self.num_classes or any(b is None for b in branches):
+                raise ValueError("a guidance with several network passes needs a class-conditional network and "
+                                 "labels for every pass.")
+            kwargs = {"class_labels": torch.cat([b.to(x.device) for b in branches])}
+            xs, ts = torch.cat([x] * k), torch.cat([t] * k)
+        out = self.output(xs, ts, dtype=self.dtype(), **kwargs)
+        self.passes += k
+        preds = out.prediction.to(x.dtype).chunk(k)
+        vars_ = out.var_raw.chunk(k) if out.var_raw is not None else [None] * k
+        return [self.read(NetOutput(p, v), x, t) for p, v in zip(preds, vars_)]
+
+    def _times(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return t.expand(x.shape[0]) if t.dim() == 0 else t
+
+    def predict(self, x: Tensor, t: Tensor | float) -> Prediction:
+        """The unguided prediction at (x, t) for the current ``labels``, with gradients (the PF-ODE
+        likelihood differentiates it): the network in its own dtype, the prediction in the dtype of x."""
+        return self._predictions(x, self._times(x, t), [self.labels])[0]
+
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
         """Sampling: the network in its own dtype, the prediction in the dtype of x (float64), guided."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        out = self.output(x, t, dtype=self.dtype())
-        pred = self.read(NetOutput(out.prediction.to(x.dtype), out.var_raw), x, t)
-        if self.guidance is not None:
-            pred = self.guidance(pred, x, t)
+        t = self._times(x, t)
+        guidance = self.guidance
+        if guidance is not None and hasattr(guidance, "branches"):
+            preds = self._predictions(x, t, guidance.branches(self.labels, t, self.schedule))
+            return guidance.guide(preds, x, t, self.labels, self.schedule)
+        pred = self._predictions(x, t, [self.labels])[0]
+        if guidance is not None:
+            pred = guidance(pred, x, t)
         return pred

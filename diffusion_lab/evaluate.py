@@ -3,8 +3,11 @@
 Runs the ``Evaluator`` on the checkpoint's model and dataset — the checkpoint's sampler (or
 ``sampler=<conf/sampler file>``) first, then the samplers ``evaluation=`` adds beside it — and prints
 one JSON line per sampler on stdout: ``sampler`` (its label), ``kind`` (SDE or ODE), ``nfe``,
-``seconds`` and one key per metric (``fid``, ``kid``, ``is``, or ``swd``, ``w2``, ``mmd``, ``nll``),
-while logs and progress bars go to stderr. Pictures and ``eval/table.csv`` go to the output directory.
+``seconds`` and one key per metric (``fid``, ``kid``, ``is``, ``accuracy``, ``precision``, ``recall``, or
+``swd``, ``w2``, ``mmd``, ``nll``), and with ``evaluation.likelihood`` the rows ``likelihood_ode`` /
+``likelihood_vlb`` (``nll``, ``bpd``, their NFE and seconds), while logs and progress bars go to stderr.
+``guidance=cfg|classifier|none`` (with ``guidance.scale=...``) samples with that guidance instead of the
+checkpoint's; ``-m guidance.scale=0,1,2,4`` sweeps the scale. Pictures and ``eval/table.csv`` go to the output directory.
 The rows are labelled with the checkpoint's step and the epoch that step belongs to, as training
 labels its own evaluation of the same step; ``-m sampler=ddim,heun,dpm_solver_pp_2m`` sweeps samplers
 over one checkpoint (the feature network and the real-data statistics are cached after the first job).
@@ -38,7 +41,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.get("evaluation") is None:
         raise ConfigError("evaluation=null: nothing to evaluate; drop the override to use the default evaluation.")
     device = pick_device(cfg.device)
-    loaded = load_run(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, device, sampler=cfg.get("sampler"), evaluation=cfg.evaluation)
+    loaded = load_run(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, device, sampler=cfg.get("sampler"),
+                      evaluation=cfg.evaluation, guidance=cfg.get("guidance"))
     module, parts = loaded.module, loaded.parts
     evaluator = parts.evaluator
     evaluator.prepare(parts.datamodule, parts.data_shape, device)

@@ -20,6 +20,9 @@ For one Gaussian N(μ, Σ) the probability-flow ODE has the exact flow map (per 
 
 because the PF-ODE maps the Gaussian p_t linearly onto p_s along each eigen-direction, which is
 the reference-free check of a solver's order (``single_gaussian_flow``).
+
+Class labels (``ClassConditionalMixture``): components carry classes, and p_t(y | x), p_t(x | y) and
+their gradients — everything classifier and classifier-free guidance need — are closed form too.
 """
 
 from __future__ import annotations
@@ -210,24 +213,152 @@ class OracleNetwork(torch.nn.Module):
         super().__init__()
         self.mixture, self.schedule, self.param = mixture, schedule, parameterization
 
-    def forward(self, x_in: Tensor, noise_label: Tensor, **_: object) -> Tensor:
+    def _state(self, x_in: Tensor, noise_label: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, t) from the network's inputs (the inverse of ``Parameterization.net_inputs``)."""
         x_in = x_in.to(torch.float64)
         noise_label = noise_label.to(torch.float64)
         p = self.param
         if p.precond is None:
-            t = noise_label / p.time_scale
-            x = x_in
-        else:
-            sigma_tilde = torch.exp(4.0 * noise_label)
-            t = self.schedule.t_from_sigma_tilde(sigma_tilde)
-            c = Coefficients.at(self.schedule, t, x_in)
-            _, _, c_in, _ = p.precond.scalings(c.sigma / c.alpha)
-            x = x_in / c_in * c.alpha
-        shape = x.shape
-        pred = self.mixture.predict(x.reshape(shape[0], -1), t, self.schedule)
-        c = Coefficients.at(self.schedule, t, pred.x0)
+            return x_in, noise_label / p.time_scale
+        sigma_tilde = torch.exp(4.0 * noise_label)
+        t = self.schedule.t_from_sigma_tilde(sigma_tilde)
+        c = Coefficients.at(self.schedule, t, x_in)
+        _, _, c_in, _ = p.precond.scalings(c.sigma / c.alpha)
+        return x_in / c_in * c.alpha, t
+
+    def _output(self, pred: Prediction, t: Tensor, shape: torch.Size) -> Tensor:
+        """The parameterization's output for the exact prediction."""
+        p = self.param
         if p.precond is None:
-            out = getattr(pred, p.kind)
-        else:
-            out = p.precond.target(pred.x0, pred.eps, c)
-        return out.reshape(shape)
+            return getattr(pred, p.kind).reshape(shape)
+        c = Coefficients.at(self.schedule, t, pred.x0)
+        return p.precond.target(pred.x0, pred.eps, c).reshape(shape)
+
+    def forward(self, x_in: Tensor, noise_label: Tensor, **_: object) -> Tensor:
+        x, t = self._state(x_in, noise_label)
+        pred = self.mixture.predict(x.reshape(x.shape[0], -1), t, self.schedule)
+        return self._output(pred, t, x.shape)
+
+
+# ------------------------------------------------------------------------------------------ class labels
+class ClassConditionalMixture:
+    """A Gaussian mixture whose components carry class labels c_k: the joint p_0(x, y) = Σ_{k: c_k = y}
+    π_k N(x; μ_k, Σ_k). Under noising every quantity of guidance is closed form (w_k the
+    responsibilities of ``GaussianMixture``, g_k = C_k⁻¹(α μ_k − x)):
+
+        p_t(y | x)          = Σ_{k: c_k = y} w_k(x)
+        ∇ log p_t(x | y)    = Σ_{k: c_k = y} w_k g_k / Σ_{k: c_k = y} w_k      (the mixture of class y alone)
+        ∇ log p_t(y | x)    = ∇ log p_t(x | y) − ∇ log p_t(x)                  (Bayes' rule)
+
+    ``network`` is a class-conditional oracle (labels < 0: the null label, the unconditional mixture),
+    ``classifier`` the exact noise-conditional classifier p_t(y | x) as logits."""
+
+    def __init__(self, mixture: GaussianMixture, classes: Tensor | list[int]):
+        classes = torch.as_tensor(classes, dtype=torch.long)
+        if classes.shape != (mixture.num_components,) or (classes < 0).any():
+            raise ValueError(f"ClassConditionalMixture needs one class index ≥ 0 per component, got {classes.tolist()}.")
+        self.mixture, self.classes = mixture, classes
+        self.num_classes = int(classes.max()) + 1
+        if len(set(classes.tolist())) != self.num_classes:
+            raise ValueError(f"every class 0..{self.num_classes - 1} needs a component, got {classes.tolist()}.")
+
+    @classmethod
+    def random(cls, dim: int, components: int, num_classes: int, seed: int = 0, spread: float = 2.0,
+               scale: float = 0.3) -> "ClassConditionalMixture":
+        """``GaussianMixture.random`` with component k in class k mod num_classes."""
+        return cls(GaussianMixture.random(dim, components, seed, spread, scale), torch.arange(components) % num_classes)
+
+    def class_prior(self) -> Tensor:
+        """π(y) = Σ_{k: c_k = y} π_k, shape (num_classes,)."""
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self.classes, self.mixture.weights)
+
+    def conditional(self, y: int) -> GaussianMixture:
+        """The data distribution of class y, p_0(x | y)."""
+        k = self.classes == int(y)
+        m = self.mixture
+        return GaussianMixture(m.weights[k] / m.weights[k].sum(), m.means[k], m.covs[k])
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Exact samples (x, y) of the joint p_0(x, y)."""
+        m = self.mixture
+        k = torch.multinomial(m.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, m.dim, generator=generator, dtype=torch.float64)
+        root = m.evecs * m.evals.sqrt()[:, None, :]
+        return m.means[k] + torch.einsum("nij,nj->ni", root[k], z), self.classes[k]
+
+    def _masked(self, x: Tensor, t: Tensor | float, schedule: Schedule, labels: Tensor | None):
+        x, a, s = self.mixture._per_sample(x, t, schedule)
+        logp, grad = self.mixture._components(x, a, s)
+        if labels is None:
+            return logp, grad
+        labels = torch.as_tensor(labels, dtype=torch.long).to(x.device).expand(x.shape[0])
+        keep = (self.classes[None, :] == labels[:, None]) | (labels[:, None] < 0)
+        return logp.masked_fill(~keep, -math.inf), grad
+
+    def class_log_posterior(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        """log p_t(y | x) for every class, shape (B, num_classes)."""
+        logp, _ = self._masked(x, t, schedule, None)
+        norm = torch.logsumexp(logp, dim=1, keepdim=True)
+        out = torch.full((logp.shape[0], self.num_classes), -math.inf, dtype=logp.dtype, device=logp.device)
+        for y in range(self.num_classes):
+            out[:, y] = torch.logsumexp(logp[:, self.classes == y], dim=1)
+        return out - norm
+
+    def score(self, x: Tensor, t: Tensor | float, schedule: Schedule, labels: Tensor | None = None) -> Tensor:
+        """∇ log p_t(x | y) per sample (labels < 0 or None: the unconditional ∇ log p_t(x))."""
+        logp, grad = self._masked(x, t, schedule, labels)
+        return (torch.softmax(logp, dim=1)[:, :, None] * grad).sum(1)
+
+    def class_log_posterior_grad(self, x: Tensor, t: Tensor | float, schedule: Schedule, labels: Tensor) -> Tensor:
+        """∇_x log p_t(y | x) = ∇ log p_t(x | y) − ∇ log p_t(x)."""
+        return self.score(x, t, schedule, labels) - self.score(x, t, schedule, None)
+
+    def predict(self, x: Tensor, t: Tensor | float, schedule: Schedule, labels: Tensor | None = None) -> Prediction:
+        """The exact prediction of p_t(x | y) (labels < 0 or None: of p_t(x))."""
+        x = x.to(torch.float64)
+        t = torch.as_tensor(t, dtype=torch.float64)
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        sc = self.score(x, t, schedule, labels)
+        c = Coefficients.at(schedule, t, x)
+        return from_x0_eps((x + c.sigma**2 * sc) / c.alpha, -c.sigma * sc, c)
+
+    def network(self, schedule: Schedule, parameterization) -> "ConditionalOracleNetwork":
+        """A perfectly trained class-conditional network (null label: the unconditional mixture)."""
+        return ConditionalOracleNetwork(self, schedule, parameterization)
+
+    def classifier(self, schedule: Schedule) -> "OracleClassifier":
+        """The exact noise-conditional classifier: logits log p_t(y | x)."""
+        return OracleClassifier(self, schedule)
+
+
+class ConditionalOracleNetwork(OracleNetwork):
+    """``net(x_in, noise_label, class_labels=None)``: the exact prediction of p_t(x | y); a label < 0
+    (or None) is the null label, whose prediction is that of the whole mixture p_t(x)."""
+
+    def __init__(self, labelled: ClassConditionalMixture, schedule: Schedule, parameterization):
+        super().__init__(labelled.mixture, schedule, parameterization)
+        self.labelled = labelled
+        self.num_classes = labelled.num_classes
+
+    def forward(self, x_in: Tensor, noise_label: Tensor, class_labels: Tensor | None = None, **_: object) -> Tensor:
+        x, t = self._state(x_in, noise_label)
+        pred = self.labelled.predict(x.reshape(x.shape[0], -1), t, self.schedule, class_labels)
+        return self._output(pred, t, x.shape)
+
+
+class OracleClassifier(torch.nn.Module):
+    """``classifier(x_in, noise_label) -> logits`` with logits = log p_t(y | x) exactly, taking the inputs
+    of ``guidance.classifier_inputs`` (x/√(α² + σ²), 1000·t); differentiable in x_in."""
+
+    dtype = torch.float64
+
+    def __init__(self, labelled: ClassConditionalMixture, schedule: Schedule, time_scale: float = 1000.0):
+        super().__init__()
+        self.labelled, self.schedule, self.time_scale = labelled, schedule, float(time_scale)
+        self.num_classes = labelled.num_classes
+
+    def forward(self, x_in: Tensor, noise_label: Tensor) -> Tensor:
+        t = noise_label.to(torch.float64) / self.time_scale
+        scale = torch.sqrt(self.schedule.alpha(t) ** 2 + self.schedule.sigma(t) ** 2)
+        x = x_in.to(torch.float64).reshape(x_in.shape[0], -1) * scale[:, None]
+        return self.labelled.class_log_posterior(x, t, self.schedule)

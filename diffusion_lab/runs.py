@@ -3,8 +3,9 @@
 ``train``, ``sample`` and ``evaluate`` are thin siblings over this module:
 
 * ``build_parts(cfg)`` instantiates each config group (dataset, schedule, parameterization, loss,
-  model, sampler, evaluation) and runs the start-up checks once (``config_checks``): what the config
-  decides, then what the built parts decide, for the selected sampler and every evaluated one;
+  model, sampler, evaluation, guidance) and runs the start-up checks once (``config_checks``): what the
+  config decides, then what the built parts decide, for the selected sampler and every evaluated one;
+  the guidance and the class labels of the samples (``conditioning``) go to the evaluator;
 * ``build_module`` wraps the parts in the LightningModule, ``build_trainer`` builds the Trainer with the
   configured callbacks and the evaluation callback around the parts' ``Evaluator``;
 * ``load_run(ckpt_path)`` rebuilds a run from the config saved in a checkpoint (optionally with
@@ -32,6 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.checkpoints import config_differences, load_checkpoint, state_dict_differences
+from diffusion_lab.conditioning import Conditioning, build_conditioning
 from diffusion_lab.config_checks import check_components, check_config
 from diffusion_lab.errors import CheckpointError, ConfigError, DiffusionLabError
 from diffusion_lab.evaluation import Evaluator, epoch_of_step
@@ -55,6 +57,7 @@ class Parts:
     sampler: Sampler
     data_shape: tuple[int, ...]
     evaluator: Evaluator | None = None
+    conditioning: Conditioning | None = None  # guidance and class labels of the samples
 
 
 def hydra_choices() -> dict[str, str]:
@@ -105,12 +108,15 @@ def build_parts(cfg: DictConfig, choices: dict[str, str] | None = None) -> Parts
     keys = ["sampler"] + [f"evaluation.samplers[{s.label}]" for s in samplers[1:]]
     check_components(schedule=schedule, parameterization=parameterization, loss=loss, net=net, data_shape=data_shape,
                      samplers=samplers, sampler_keys=keys)
+    conditioning = build_conditioning(cfg, datamodule, net, choices)
     if evaluator is not None:
         try:
-            evaluator.check(data_shape, getattr(datamodule, "mixture", None) is not None)
+            evaluator.set_conditioning(conditioning.guidance, conditioning.num_classes, conditioning.class_label)
+            evaluator.check(data_shape, getattr(datamodule, "mixture", None) is not None, schedule,
+                            bool(getattr(net, "learned_variance", False)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    return Parts(datamodule, schedule, parameterization, loss, net, sampler, data_shape, evaluator)
+    return Parts(datamodule, schedule, parameterization, loss, net, sampler, data_shape, evaluator, conditioning)
 
 
 def build_module(cfg: DictConfig, parts: Parts) -> DiffusionModule:
@@ -120,13 +126,15 @@ def build_module(cfg: DictConfig, parts: Parts) -> DiffusionModule:
             net=parts.net, schedule=parts.schedule, parameterization=parts.parameterization, loss=parts.loss,
             data_shape=parts.data_shape, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             ema=OmegaConf.to_container(cfg.ema, resolve=True), channels_last=cfg.fast.channels_last,
-            compile=cfg.fast.compile, config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.seed)
+            compile=cfg.fast.compile, config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.seed,
+            p_uncond=float(cfg.get("p_uncond") or 0.0))
     except ValueError as e:
         raise ConfigError(_first_line(e)) from None
 
 
-def build_trainer(cfg: DictConfig, parts: Parts) -> pl.Trainer:
-    """The Trainer of ``cfg.trainer`` with the configured logger and callbacks, plus the evaluation."""
+def build_trainer(cfg: DictConfig, parts: Parts | None) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured logger and callbacks, plus the evaluation of
+    ``parts`` (None: no evaluation callback, e.g. the classifier runs)."""
     from diffusion_lab.lightning.evaluation import EvaluationCallback
 
     logger = False
@@ -139,7 +147,7 @@ def build_trainer(cfg: DictConfig, parts: Parts) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-    if parts.evaluator is not None:
+    if parts is not None and parts.evaluator is not None:
         callbacks.append(EvaluationCallback(parts.evaluator, out_dir=cfg.run_dir))
     return instantiate_group(cfg, "trainer", logger=logger, callbacks=callbacks, default_root_dir=cfg.run_dir)
 
@@ -244,11 +252,12 @@ class LoadedRun:
 
 
 def load_run(ckpt_path: Any, device: str | torch.device = "cpu", sampler: Any = None,
-             evaluation: Any = None) -> LoadedRun:
+             evaluation: Any = None, guidance: Any = None) -> LoadedRun:
     """Rebuild the run of a checkpoint from its saved config and load its weights (EMA included).
 
-    ``sampler`` / ``evaluation``: a sampler / evaluation config replacing the checkpoint's own (the
-    saved config has the run's own); None keeps the checkpoint's sampler and drops the evaluation."""
+    ``sampler`` / ``evaluation`` / ``guidance``: a sampler / evaluation / guidance config replacing the
+    checkpoint's own (the saved config has the run's own); None keeps the checkpoint's sampler and
+    guidance and drops the evaluation."""
     if ckpt_path in (None, "", "???"):
         raise CheckpointError("ckpt_path is not set; pass ckpt_path=outputs/<run>/checkpoints/last.ckpt.")
     path = Path(str(ckpt_path))
@@ -263,6 +272,12 @@ def load_run(ckpt_path: Any, device: str | torch.device = "cpu", sampler: Any = 
                           "sampler=ddim sampler.steps=20.")
     if sampler is not None:  # assignment replaces the group (a merge would keep the old sampler's options)
         cfg.sampler = OmegaConf.to_container(sampler, resolve=True) if OmegaConf.is_config(sampler) else sampler
+    if guidance is not None and "_target_" not in guidance:
+        keys = ", ".join(f"guidance.{k}" for k in guidance)
+        raise ConfigError(f"{keys} set without a guidance: choose one with guidance=<name> (conf/guidance: none, cfg, "
+                          "classifier), e.g. guidance=cfg guidance.scale=2.")
+    if guidance is not None:
+        cfg.guidance = OmegaConf.to_container(guidance, resolve=True) if OmegaConf.is_config(guidance) else guidance
     cfg.evaluation = (OmegaConf.to_container(evaluation, resolve=True) if OmegaConf.is_config(evaluation)
                       else evaluation)
     parts = build_parts(cfg, choices={})

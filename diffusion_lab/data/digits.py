@@ -26,6 +26,9 @@ def load_digits_tensors(value_range: str = "[-1,1]") -> tuple[torch.Tensor, torc
 class DigitsDataModule(DiffusionDataModule):
     """8x8 digits with a fixed, seeded train/val/test split."""
 
+    #: quantization levels of a pixel (0..16): the bins of bits/dim and of the discretized decoder
+    levels = 17
+
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, test_fraction: float = 0.0, num_workers: int = 0,
                  seed: int = 0, channels: int = 1, image_size: int = 8, num_classes: int = 10,
                  value_range: str = "[-1,1]", random_flip: bool = False):

@@ -8,12 +8,24 @@ SDE Euler–Maruyama, EDM's Heun, DPM-Solver++(2M)). For each, from the same see
 picture ``<out>/samples/<label>/epoch_XXXX.png``. The result is one row per sampler — epoch, step,
 label, SDE/ODE, NFE, the metrics, seconds — added to the run's ``EvalTable``.
 
+Conditional generation (``set_conditioning``, from the run layer): a class-conditional model, or one
+sampled with guidance (``conf/guidance``), gets class labels — class-balanced over the job (sample i
+has label i mod K), or ``guidance.class_label`` for all — and the guidance is applied to the denoiser
+while the samples are drawn; the rows then carry ``guidance``, ``guidance_scale``, ``passes`` (per-sample
+network passes: classifier-free guidance batches two into one network call) and, for classifier
+guidance, ``classifier_nfe``. ``guidance_scales`` evaluates each sampler at several scales (one row
+each, labelled ``<sampler>_<guidance><scale>``): the guidance-scale trade-off in one evaluation.
+
+``likelihood`` (``evaluation.likelihood``, see ``likelihood``) adds the rows ``likelihood_ode`` (PF-ODE
+NLL and bits/dim) and, for discrete schedules, ``likelihood_vlb`` after the samplers' rows.
+
 Nothing here knows Lightning: ``python -m diffusion_lab.evaluate`` calls it directly and the training
 callback (``lightning.evaluation``) decides when (``due``) and hands the rows to the loggers.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from pathlib import Path
@@ -23,7 +35,8 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.denoiser import Denoiser
-from diffusion_lab.evaluation.generation import generate_samples, rank_share
+from diffusion_lab.evaluation.generation import generate_samples, rank_labels, rank_share
+from diffusion_lab.evaluation.likelihood import LikelihoodEvaluation
 from diffusion_lab.evaluation.suite import MetricSuite
 from diffusion_lab.evaluation.table import EvalTable
 from diffusion_lab.images import save_picture
@@ -68,12 +81,16 @@ class Evaluator:
         seed: noise seed (rank r uses seed + r); use_ema: sample with the EMA weights.
         batch_size: sampling batch per rank; save_samples: also write each rank's samples as .npz.
         progress: progress bars for sampling and feature extraction.
+        likelihood: the options of ``likelihood.LikelihoodEvaluation`` (None: no likelihood rows).
+        guidance_scales: evaluate every sampler at each of these guidance scales (None: the guidance's own).
         **metric_options: those of ``suite.MetricSuite`` (metrics, features, inception_weights, ...).
     """
 
     def __init__(self, samplers: Any = None, selected: Sampler | None = None, n: int = 256, grid_n: int = 64,
                  every_n_epochs: int = 10, at_end: bool = True, seed: int = 0, use_ema: bool = True,
-                 batch_size: int = 256, save_samples: bool = False, progress: bool = True, **metric_options: Any):
+                 batch_size: int = 256, save_samples: bool = False, progress: bool = True,
+                 likelihood: Mapping | None = None, guidance_scales: Sequence[float] | None = None,
+                 **metric_options: Any):
         for key, val, lo in (("n", n, 1), ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1),
                              ("grid_n", grid_n, 0), ("seed", seed, 0)):
             if not isinstance(val, int) or isinstance(val, bool) or val < lo:
@@ -91,14 +108,57 @@ class Evaluator:
         unknown = sorted(set(metric_options) - known)
         if unknown:
             raise ValueError(f"evaluation.{unknown[0]} is not an evaluation setting; the settings are n, grid_n, "
-                             f"every_n_epochs, at_end, seed, use_ema, batch_size, save_samples, progress, samplers and "
-                             f"{', '.join(sorted(known))}.")
+                             f"every_n_epochs, at_end, seed, use_ema, batch_size, save_samples, progress, samplers, "
+                             f"likelihood, guidance_scales and {', '.join(sorted(known))}.")
         self.suite = MetricSuite(progress=progress, **metric_options)
+        self.likelihood = self._likelihood(likelihood)
+        if guidance_scales is not None:
+            scales = list(guidance_scales)
+            if not scales or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in scales):
+                raise ValueError(f"evaluation.guidance_scales={scales!r} must be a non-empty list of numbers ≥ 0 (or null).")
+            guidance_scales = [float(v) for v in scales]
+        self.guidance_scales = guidance_scales
+        self.guidance: Any = None            # set_conditioning: the guidance applied while sampling
+        self.num_classes: int | None = None  # set_conditioning: samples get class labels when set
+        self.class_label: int | None = None
         self.table = EvalTable()
         self.pictures: dict[str, Path] = {}  # label → the picture of the latest evaluation (rank 0)
         self.data_shape: tuple[int, ...] = ()
         self.value_range = "[-1,1]"
         self.device = torch.device("cpu")
+
+    @staticmethod
+    def _likelihood(options: Mapping | None) -> LikelihoodEvaluation | None:
+        if options is None:
+            return None
+        known = set(inspect.signature(LikelihoodEvaluation).parameters)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"evaluation.likelihood.{unknown[0]} is not a likelihood setting; the settings are "
+                             f"{', '.join(sorted(known))}.")
+        return LikelihoodEvaluation(**options)
+
+    def set_conditioning(self, guidance: Any = None, num_classes: int | None = None,
+                         class_label: int | None = None) -> None:
+        """Sample for class labels (``num_classes`` set: class-balanced, or ``class_label`` for all) with
+        ``guidance`` (None: the model's own conditional prediction). The run layer calls this."""
+        if guidance is not None and num_classes is None:
+            raise ValueError("guidance needs class labels: give the number of classes.")
+        if self.guidance_scales is not None and guidance is None:
+            raise ValueError("evaluation.guidance_scales is set but there is no guidance; choose guidance=cfg or "
+                             "guidance=classifier, or set evaluation.guidance_scales=null.")
+        self.guidance, self.num_classes, self.class_label = guidance, num_classes, class_label
+
+    def _guidances(self) -> list[Any]:
+        """The guidance of each row per sampler: the configured one, or one copy per scale of the sweep."""
+        if self.guidance is None or self.guidance_scales is None:
+            return [self.guidance]
+        out = []
+        for scale in self.guidance_scales:
+            g = copy.copy(self.guidance)
+            g.scale = scale
+            out.append(g)
+        return out
 
     # ------------------------------------------------------------------ when
     def due(self, epoch: int, last: bool) -> bool:
@@ -106,9 +166,12 @@ class Evaluator:
         return (epoch + 1) % self.every_n_epochs == 0 or (self.at_end and last)
 
     # ------------------------------------------------------------------ once
-    def check(self, data_shape: Sequence[int], has_density: bool) -> None:
-        """Start-up checks that need no data (metric names, N against memory)."""
-        self.suite.check(data_shape, has_density, self.n)
+    def check(self, data_shape: Sequence[int], has_density: bool, schedule: Any = None,
+              learned_variance: bool = False) -> None:
+        """Start-up checks that need no data (metric names, N against memory, the likelihood rows)."""
+        self.suite.check(data_shape, has_density, self.n, labelled=self.num_classes is not None)
+        if self.likelihood is not None and schedule is not None:
+            self.likelihood.check(schedule, learned_variance)
 
     def prepare(self, datamodule: Any, data_shape: Sequence[int], device: torch.device | str = "cpu", rank: int = 0,
                 barrier: Callable[[], None] | None = None) -> None:
@@ -117,7 +180,13 @@ class Evaluator:
 
         self.data_shape, self.device = tuple(data_shape), torch.device(device)
         self.value_range = value_range_of(datamodule)
+        self.suite.labelled = self.num_classes is not None
+        classifier = getattr(self.guidance, "classifier", None)
+        if isinstance(classifier, torch.nn.Module):  # classifier guidance runs its classifier where the samples are
+            classifier.to(self.device)
         self.suite.prepare(datamodule, self.data_shape, self.n, self.seed, self.device, rank=rank, barrier=barrier)
+        if self.likelihood is not None:
+            self.likelihood.prepare(datamodule, self.data_shape)
 
     # ------------------------------------------------------------------ each evaluation
     @torch.no_grad()
@@ -127,43 +196,66 @@ class Evaluator:
         this. Returns one row per sampler (the same on every rank) and adds them to ``table``."""
         out = Path(out_dir)
         self.pictures = {}
-        rows = [self._evaluate_one(denoiser, s, epoch, step, out, rank, world) for s in self.samplers]
+        rows = [self._evaluate_one(denoiser, s, g, epoch, step, out, rank, world)
+                for s in self.samplers for g in self._guidances()]
+        if self.likelihood is not None:
+            for row in self.likelihood.evaluate(denoiser, rank, world, self.device):
+                rows.append({"epoch": int(epoch), "step": int(step), **row})
         self.table.extend(rows)
         return rows
 
-    def _evaluate_one(self, denoiser: Denoiser, sampler: Sampler, epoch: int, step: int, out: Path, rank: int,
-                      world: int) -> dict[str, Any]:
+    def _evaluate_one(self, denoiser: Denoiser, sampler: Sampler, guidance: Any, epoch: int, step: int, out: Path,
+                      rank: int, world: int) -> dict[str, Any]:
         acc = self.suite.accumulator(rank, world)
         grid: list[Tensor] = []
         feature_seconds = 0.0
+        label = sampler.label
+        if self.guidance_scales is not None:
+            label = f"{sampler.label}_{guidance.name}{guidance.scale:g}"
+        labels = (rank_labels(self.n, rank, world, self.num_classes, self.class_label)
+                  if self.num_classes is not None else None)
+        seen = 0
 
         def consume(x: Tensor) -> None:
-            nonlocal feature_seconds
+            nonlocal feature_seconds, seen
             kept = sum(len(g) for g in grid)
             if rank == 0 and kept < self.grid_n:
                 grid.append(x[: self.grid_n - kept].cpu())
             if acc is not None:
                 t0 = time.perf_counter()
-                acc.feed(x)
+                acc.feed(x, None if labels is None else labels[seen:seen + len(x)])
                 feature_seconds += time.perf_counter() - t0
+            seen += len(x)
 
-        res = generate_samples(denoiser, sampler, rank_share(self.n, rank, world), self.data_shape, self.seed + rank,
-                               device=self.device, batch_size=self.batch_size, progress=self.progress and rank == 0,
-                               on_batch=consume, keep=self.save_samples)
+        previous = denoiser.guidance
+        denoiser.guidance = guidance
+        classifier_calls = getattr(guidance, "calls", None)
+        try:
+            res = generate_samples(denoiser, sampler, rank_share(self.n, rank, world), self.data_shape, self.seed + rank,
+                                   device=self.device, batch_size=self.batch_size, progress=self.progress and rank == 0,
+                                   on_batch=consume, keep=self.save_samples, labels=labels)
+        finally:
+            denoiser.guidance = previous
         if self.save_samples and res.x is not None:
             import numpy as np
 
-            path = out / "eval" / "samples" / sampler.label / f"epoch_{epoch:04d}_rank{rank}.npz"
+            path = out / "eval" / "samples" / label / f"epoch_{epoch:04d}_rank{rank}.npz"
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, x=res.x.numpy(), rank=rank, world=world, seed=self.seed + rank)
+            extra = {} if labels is None else {"labels": labels.numpy()}
+            np.savez_compressed(path, x=res.x.numpy(), rank=rank, world=world, seed=self.seed + rank, **extra)
         t0 = time.perf_counter()
         values = acc.compute() if acc is not None else {}
         metric_seconds = time.perf_counter() - t0
         if rank == 0 and grid:
             picture = save_picture(torch.cat(grid), self.data_shape,
-                                   out / "samples" / sampler.label / f"epoch_{epoch:04d}.png", self.value_range)
+                                   out / "samples" / label / f"epoch_{epoch:04d}.png", self.value_range)
             if picture is not None:
-                self.pictures[sampler.label] = picture
-        return {"epoch": int(epoch), "step": int(step), "sampler": sampler.label, "kind": sampler.kind,
-                "nfe": float(res.nfe), **values, "seconds": res.seconds, "feature_seconds": feature_seconds,
+                self.pictures[label] = picture
+        row = {"epoch": int(epoch), "step": int(step), "sampler": label, "kind": sampler.kind, "nfe": float(res.nfe)}
+        if guidance is not None:
+            row.update(guidance=guidance.name, guidance_scale=guidance.scale, passes=res.passes)
+            if classifier_calls is not None:
+                batches = max(1, -(-rank_share(self.n, rank, world) // self.batch_size))
+                row["classifier_nfe"] = (guidance.calls - classifier_calls) / batches
+        return {**row, **values, "seconds": res.seconds, "feature_seconds": feature_seconds,
                 "metric_seconds": metric_seconds, "n": self.n, "steps": sampler.steps}

@@ -33,9 +33,9 @@ from diffusion_lab.lightning.module import steps_per_epoch
 log = logging.getLogger(__name__)
 
 # metrics to minimise / maximise (W&B summaries)
-LOWER_IS_BETTER = ("fid", "kid", "swd", "w2", "mmd", "nll")
-HIGHER_IS_BETTER = ("is",)
-NOT_LOGGED = ("epoch", "step", "sampler", "kind", "n", "steps", "feature_seconds", "metric_seconds")
+LOWER_IS_BETTER = ("fid", "kid", "swd", "w2", "mmd", "nll", "bpd")
+HIGHER_IS_BETTER = ("is", "accuracy", "precision", "recall")
+NOT_LOGGED = ("epoch", "step", "sampler", "kind", "n", "steps", "feature_seconds", "metric_seconds", "guidance")
 
 
 class EvaluationCallback(pl.Callback):

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.lightning.ema import EMA
 from diffusion_lab.parameterization import Parameterization
+from diffusion_lab.guidance import drop_labels
 from diffusion_lab.schedules.base import Schedule
 
 
@@ -49,8 +50,12 @@ class DiffusionModule(pl.LightningModule):
         compile: bool = False,
         config: dict | None = None,
         seed: int = 0,
+        p_uncond: float = 0.0,
     ):
         super().__init__()
+        # label dropout for classifier-free guidance (Ho & Salimans 2022): a label becomes the null label
+        # with probability p_uncond, drawn from the training-noise generator
+        self.p_uncond = float(p_uncond)
         self.net = net
         self.schedule, self.parameterization, self.loss = schedule, parameterization, loss
         self.data_shape = tuple(data_shape)
@@ -105,6 +110,8 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, net_kwargs = self._images(batch)
+        if self.p_uncond > 0 and "class_labels" in net_kwargs:
+            net_kwargs["class_labels"] = drop_labels(net_kwargs["class_labels"], self.p_uncond, self.noise_generator)
         out = self.loss(self.train_model, x0, generator=self.noise_generator, net_kwargs=net_kwargs)
         self._step_images += x0.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])

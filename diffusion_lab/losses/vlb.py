@@ -28,7 +28,7 @@ The negative ELBO, in nats, is L = L_T + Σ_{i=2}^{T} L_{i−1} + L_0 with
 
 The decoder p(x_0 | x_1) is N(μ̂_1, Σ_1) (μ̂_1 = x̂_0 since σ_0 = 0) either integrated over the 256
 bins of width 2/255 of data in [−1, 1] (``decoder="discretized"``, Ho et al. §3.3; the edge bins
-extend to ±∞), or read as a density (``decoder="gaussian"``, for continuous low-dimensional data).
+extend to ±∞; ``bins`` sets another number of levels, e.g. 17 for the 8x8 digits), or read as a density (``decoder="gaussian"``, for continuous low-dimensional data).
 Dividing by D·ln 2 gives bits/dim.
 
 Training estimates Σ_i L_{i−1} with one term per example: for i from the time sampler (uniform, or
@@ -143,6 +143,7 @@ def vlb_term_bits(
     *,
     variance: str = "small",
     decoder: str = "discretized",
+    bins: int = 256,
 ) -> Tensor:
     """Per-sample bits/dim of the bound term at i = round(t·T): the decoder NLL −log p(x_0|x_1) at
     i = 1, KL(q(x_{i−1}|x_i,x_0) ‖ p(x_{i−1}|x_i)) for i ≥ 2 (see the module docstring). Shape (B,).
@@ -157,7 +158,7 @@ def vlb_term_bits(
     logvar_true = broadcast_like(sc.log_beta_tilde, xtd).expand_as(xtd)
     kl = mean_flat(gaussian_kl(mu_true, logvar_true, mu_model, logvar_model)) / LN2
     if decoder == "discretized":
-        ll = discretized_gaussian_log_likelihood(x0d, mu_model, 0.5 * logvar_model)
+        ll = discretized_gaussian_log_likelihood(x0d, mu_model, 0.5 * logvar_model, bins)
     else:
         ll = gaussian_log_density(x0d, mu_model, logvar_model)
     nll = -mean_flat(ll) / LN2
@@ -298,6 +299,7 @@ def variational_bound(
     decoder: str = "discretized",
     generator: torch.Generator | None = None,
     net_kwargs: dict | None = None,
+    bins: int = 256,
 ) -> VariationalBound:
     """Evaluate L_T + Σ_{i=2}^{T} L_{i−1} + L_0 for each example (one fresh x_i per term; T network
     calls). ``variance="learned"`` reads the variance from the model's learned-variance output."""
@@ -316,6 +318,7 @@ def variational_bound(
         eps = gaussian_noise(x0, generator)
         x_t = schedule.add_noise(x0, eps, t)
         pred = model.read(model.output(x_t, t, **(net_kwargs or {})), x_t, t)
-        terms[:, i - 1] = vlb_term_bits(pred.x0, pred.var_interp, x0, x_t, t, schedule, variance=variance, decoder=decoder)
+        terms[:, i - 1] = vlb_term_bits(pred.x0, pred.var_interp, x0, x_t, t, schedule, variance=variance, decoder=decoder,
+                                        bins=bins)
     prior = prior_kl_bits(x0, schedule)
     return VariationalBound(total=prior + terms.sum(1), terms=terms, prior=prior)

@@ -24,6 +24,10 @@ Inception Score (Salimans et al. 2016, "Improved Techniques for Training GANs"):
 IS = exp(E_x KL(p(y|x) ‖ p(y))), with p(y) the marginal over the samples, averaged over splits; with
 ``features=classifier`` the class posterior is the dataset classifier's.
 
+On the same features: improved precision and recall (Kynkäänniemi et al. 2019; ``precision_recall``) and,
+for class-conditional samples, the accuracy under the feature classifier (argmax of its logits against
+the label each sample was generated for).
+
 The feature network runs once per batch (``features.extract_features``); the metrics are torchmetrics
 objects fed the features through an identity "feature extractor", so their DDP synchronisation
 (sum of the FID moments, concatenation of the KID / IS features) is torchmetrics' own: every rank
@@ -45,10 +49,11 @@ from torch import Tensor, nn
 
 from diffusion_lab.metrics.features import (FeatureNetwork, atomic_save, dataset_key, default_cache_dir,
                                             extract_features)
+from diffusion_lab.metrics.precision_recall import class_accuracy, precision_recall
 
 log = logging.getLogger(__name__)
 
-IMAGE_METRICS = ("fid", "kid", "is")
+IMAGE_METRICS = ("fid", "kid", "is", "accuracy", "precision", "recall")
 
 
 class _Precomputed(nn.Module):
@@ -65,18 +70,20 @@ class _Precomputed(nn.Module):
 class ImageMetrics:
     """FID / KID / IS on precomputed features.
 
-    ``update_real(features)`` and ``update_fake(features, logits)`` may be called on every rank with
-    that rank's share; ``compute()`` (on every rank) returns ``{"fid": ..., "kid": ..., "kid_std": ...,
-    "is": ..., "is_std": ...}`` for the metrics asked for — ``kid_std`` only when KID averages over
-    several distinct subsets (N larger than ``kid_subset_size``)."""
+    ``update_real(features)`` and ``update_fake(features, logits, labels)`` may be called on every rank
+    with that rank's share; ``compute()`` (on every rank) returns ``{"fid": ..., "kid": ..., "kid_std": ...,
+    "is": ..., "is_std": ..., "accuracy": ..., "precision": ..., "recall": ...}`` for the metrics asked
+    for — ``kid_std`` only when KID averages over several distinct subsets (N larger than
+    ``kid_subset_size``); accuracy needs the labels the samples were generated for; precision and
+    recall use the k-NN radius of ``pr_k`` neighbours."""
 
     def __init__(self, metrics: Sequence[str], num_features: int, n_fake: int, n_real: int,
                  kid_subset_size: int = 1000, kid_subsets: int = 100, is_splits: int = 10, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", pr_k: int = 3):
         bad = [m for m in metrics if m not in IMAGE_METRICS]
         if bad:
             raise ValueError(f"evaluation.metrics has {bad[0]!r}, which is not an image metric; choose from {IMAGE_METRICS}.")
-        self.metrics, self.seed = list(metrics), int(seed)
+        self.metrics, self.seed, self.pr_k = list(metrics), int(seed), int(pr_k)
         self.m: dict[str, Any] = {}
         with warnings.catch_warnings():  # "will save all extracted features in buffer": intended here
             warnings.simplefilter("ignore", UserWarning)
@@ -98,20 +105,37 @@ class ImageMetrics:
                                                     subset_size=size)
         if "is" in metrics:
             self.m["is"] = InceptionScore(feature=_Precomputed(num_features), splits=max(1, min(int(is_splits), int(n_fake))))
+        if "accuracy" in metrics:
+            from torchmetrics import MeanMetric
+
+            self.m["accuracy"] = MeanMetric()
+        if "precision" in metrics or "recall" in metrics:
+            from torchmetrics import CatMetric
+
+            self.m["pr_real"], self.m["pr_fake"] = CatMetric(), CatMetric()
 
     def update_real(self, features: Tensor) -> None:
         f = features.to(self.device, torch.float64)
         for k in ("fid", "kid"):
             if k in self.m and len(f):
                 self.m[k].update(f, real=True)
+        if "pr_real" in self.m and len(f):
+            self.m["pr_real"].update(f)
 
-    def update_fake(self, features: Tensor, logits: Tensor | None = None) -> None:
+    def update_fake(self, features: Tensor, logits: Tensor | None = None, labels: Tensor | None = None) -> None:
         f = features.to(self.device, torch.float64)
         for k in ("fid", "kid"):
             if k in self.m and len(f):
                 self.m[k].update(f, real=False)
         if "is" in self.m and logits is not None and len(logits):
             self.m["is"].update(logits.to(self.device, torch.float64))
+        if "accuracy" in self.m and len(f):
+            if labels is None or logits is None:
+                raise ValueError("evaluation.metrics has 'accuracy', but the samples have no class labels; remove "
+                                 "accuracy or sample a class-conditional model (or use guidance).")
+            self.m["accuracy"].update(class_accuracy(logits, labels).double().to(self.device))
+        if "pr_fake" in self.m and len(f):
+            self.m["pr_fake"].update(f)
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -127,6 +151,11 @@ class ImageMetrics:
             if "is" in self.m:
                 mean, std = self.m["is"].compute()
                 out["is"], out["is_std"] = float(mean), float(std)
+            if "accuracy" in self.m:
+                out["accuracy"] = float(self.m["accuracy"].compute())
+            if "pr_fake" in self.m:
+                p, r = precision_recall(self.m["pr_real"].compute().cpu(), self.m["pr_fake"].compute().cpu(), self.pr_k)
+                out.update({k: v for k, v in (("precision", p), ("recall", r)) if k in self.metrics})
         return out
 
 

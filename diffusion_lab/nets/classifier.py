@@ -56,6 +56,7 @@ class NoiseConditionalClassifier(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
+        self.in_channels, self.image_size = in_channels, image_size
         emb_dim = emb_mult * ch
         self.noise_embed = make_noise_embedding(time_embedding, ch, fourier_scale)
         self.noise_mlp = TimeEmbeddingMLP(ch, emb_dim)
