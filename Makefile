@@ -14,11 +14,14 @@ help:  ## list the targets
 
 install: $(STAMP)  ## create .venv and install the package with its dev extra (cheap when nothing changed)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[dev]'
+	# k-diffusion's sampling module, the reference of the sampler parity tests, without its own requirements
+	# (one of them pins numpy < 2); torchsde and trampoline are all that module needs
+	$(PY) -m pip install -q --no-deps k-diffusion torchsde trampoline
 	touch $(STAMP)
 
 train: install  ## run the default experiment (8x8 digits, small UNet, VP, eps-MSE) into outputs/
