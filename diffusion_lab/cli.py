@@ -27,7 +27,8 @@ def run_reporting_errors(fn: Callable[[Any], Any], cfg: Any, log: logging.Logger
 
 #: Hydra launchers / sweepers of conf/hydra and the plugin package each needs (pip name, module)
 PLUGINS = {"hydra/launcher=slurm": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher"),
-           "hydra/sweeper=optuna": ("hydra-optuna-sweeper", "hydra_plugins.hydra_optuna_sweeper")}
+           "hydra/sweeper=optuna": ("hydra-optuna-sweeper", "hydra_plugins.hydra_optuna_sweeper"),
+           "hydra/launcher=joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher")}
 
 
 def check_plugins(argv: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -47,11 +48,19 @@ def test_sweep_over_samplers_evaluates_each_sampler(tmp_path):
            "evaluation.progress=false", "trainer.num_sanity_val_steps=0", "callbacks.progress.refresh_rate=0"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
-    tables = {job: list(csv.DictReader(open(tmp_path / job / "eval" / "table.csv"))) for job in ("0", "1")}
-    (ddim,), (heun,) = tables["0"], tables["1"]
+    # job folders named by the swept value only (not the fixed overrides), one aggregated table of the sweep
+    jobs = ("0_sampler=ddim", "1_sampler=heun")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == list(jobs)
+    tables = {job: list(csv.DictReader(open(tmp_path / job / "eval" / "table.csv"))) for job in jobs}
+    (ddim,), (heun,) = tables[jobs[0]], tables[jobs[1]]
+    summary = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    assert [(r["sampler"], r["label"]) for r in summary] == [("ddim", "ddim_5"), ("heun", "heun_5")]
+    assert [float(r["fid"]) for r in summary] == pytest.approx([float(ddim["fid"]), float(heun["fid"])], rel=1e-6)
+    out = res.stdout + res.stderr
+    assert "run summary" in out and f"run folder: {tmp_path / jobs[1]}" in out
     assert (ddim["sampler"], ddim["nfe"], ddim["step"]) == ("ddim_5", "5.0", "12")
     assert (heun["sampler"], heun["nfe"], heun["step"]) == ("heun_5", "9.0", "12")
     assert float(ddim["fid"]) != float(heun["fid"])
     pictures = [np.asarray(Image.open(tmp_path / job / "samples" / label / "epoch_0000.png"))
-                for job, label in (("0", "ddim_5"), ("1", "heun_5"))]
+                for job, label in (("0_sampler=ddim", "ddim_5"), ("1_sampler=heun", "heun_5"))]
     assert pictures[0].shape == pictures[1].shape and not np.array_equal(*pictures)

@@ -8,6 +8,9 @@ Lightning's ``WandbLogger`` plus what a comparison dashboard needs:
   its group (so a sweep's runs are grouped), a single run gets none;
 - ``job_type`` and ``tags`` from the config, plus the chosen file of each group in ``tag_choices``
   (e.g. ``digits``, ``vp``, ``eps``) when running under Hydra;
+- in a multirun, the job's swept values (``diffusion_lab.sweeps``): appended to the run name
+  (``digits_vp_eps/sampler=ddim``) and one tag each (``sampler=ddim``), so runs of a sweep differ by name
+  and can be filtered by tag;
 - ``define_metrics``: glob pattern → summary (``min``/``max``/``last``), applied as soon as the run
   exists, so FID curves carry a min summary in the runs table;
 - the resolved config reaches ``wandb.config`` as plain containers (the LightningModule saves it as
@@ -29,6 +32,8 @@ from typing import Any, Mapping
 
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+
+from diffusion_lab.sweeps import wandb_name_and_tags
 
 SUMMARIES = ("min", "max", "mean", "last", "best", "none")
 RUN_ID_FILE = "wandb_run_id"
@@ -99,7 +104,8 @@ class WandbLogger(_LightningWandbLogger):
     def __init__(self, *, group: str | None = None, job_type: str | None = "train", tags: Any = None,
                  tag_choices: Any = None, define_metrics: Mapping[str, str] | None = None, **kwargs: Any):
         group = group or sweep_group()
-        tags = [str(t) for t in [*(tags or []), *choice_tags(tag_choices)] if t is not None and str(t)]
+        kwargs["name"], swept_tags = wandb_name_and_tags(kwargs.get("name"))  # a sweep job: + its swept values
+        tags = [str(t) for t in [*(tags or []), *choice_tags(tag_choices), *swept_tags] if t is not None and str(t)]
         tags = list(dict.fromkeys(tags))
         metrics = {str(k): (None if v in (None, "none") else str(v)) for k, v in dict(define_metrics or {}).items()}
         for pattern, summary in metrics.items():
