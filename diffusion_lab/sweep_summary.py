@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.run_summary import SUMMARY_FILE
-from diffusion_lab.sweeps import SWEPT_ENV, job_label, job_values, swept_keys
+from diffusion_lab.sweeps import SWEPT_ENV, job_values, override_values, swept_keys
 
 try:  # the callback base class of Hydra >= 1.2
     from hydra.experimental.callback import Callback
@@ -71,29 +71,44 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(folders, key=_job_number)
 
 
-def sweep_keys(sweep_dir: Path) -> list[str] | None:
-    """The swept keys, from the sweep's ``multirun.yaml`` (None when it is missing)."""
+def sweep_keys(sweep_dir: Path, folders: Sequence[Path]) -> list[str]:
+    """The swept keys of a sweep folder: the comma lists and sweeper ``params`` of its ``multirun.yaml``
+    (the basic sweeper writes one); without it (Optuna writes none) the sweeper ``params`` of a job's
+    ``.hydra/hydra.yaml`` and every override whose value differs between jobs."""
     path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return None
-    cfg = yaml.safe_load(path.read_text()) or {}
-    hydra_cfg = cfg.get("hydra") or {}
-    return swept_keys((hydra_cfg.get("overrides") or {}).get("task") or [], (hydra_cfg.get("sweeper") or {}).get("params"))
+    if path.is_file():
+        hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra") or {}
+        return swept_keys((hydra_cfg.get("overrides") or {}).get("task") or [],
+                          (hydra_cfg.get("sweeper") or {}).get("params"))
+    params: Any = None
+    for folder in folders:
+        job_hydra = folder / ".hydra" / "hydra.yaml"
+        if job_hydra.is_file():
+            params = (((yaml.safe_load(job_hydra.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}).get("params")
+            break
+    jobs = [dict(override_values(_overrides_of(folder))) for folder in folders]
+    keys = list(dict.fromkeys(k for job in jobs for k in job))
+    varying = [k for k in keys if len({job.get(k) for job in jobs}) > 1]  # a key missing from a job varies too
+    return list(dict.fromkeys([*swept_keys([], params), *varying]))
 
 
-def job_row(folder: Path, swept: list[str] | None) -> dict[str, Any]:
+def _overrides_of(folder: Path) -> list[str]:
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.is_file():
+        overrides = json.loads(summary_path.read_text()).get("overrides")
+        if overrides:
+            return list(overrides)
+    overrides_path = folder / ".hydra" / "overrides.yaml"
+    return list(yaml.safe_load(overrides_path.read_text()) or []) if overrides_path.is_file() else []
+
+
+def job_row(folder: Path, swept: Sequence[str]) -> dict[str, Any]:
     """One row of the table (see the module docstring)."""
     summary_path = folder / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    overrides_path = folder / ".hydra" / "overrides.yaml"
-    if summary is not None and summary.get("overrides"):
-        overrides = summary["overrides"]
-    elif overrides_path.is_file():
-        overrides = yaml.safe_load(overrides_path.read_text()) or []
-    else:
-        overrides = []
+    overrides = _overrides_of(folder)
     row: dict[str, Any] = {"job": folder.name}
-    row.update(dict(job_values(overrides, swept)))
+    row.update(dict(job_values(overrides, list(swept))))
     row["status"] = "done" if summary is not None else "no summary"
     if summary is None:
         return row
@@ -121,8 +136,9 @@ def job_row(folder: Path, swept: list[str] | None) -> dict[str, Any]:
     return row
 
 
-def sweep_table(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]], list[str]]:
-    """(columns, rows, swept keys) of a sweep folder."""
+def sweep_table(sweep_dir: str | Path, swept: Sequence[str] | None = None
+                ) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """(columns, rows, swept keys) of a sweep folder; ``swept``: the swept keys (default: ``sweep_keys``)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} is not a folder; give the folder of a multirun (hydra.sweep.dir, e.g. "
@@ -131,17 +147,17 @@ def sweep_table(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]],
     if not folders:
         raise ConfigError(f"{sweep_dir} has no job folders (none has .hydra/overrides.yaml or {SUMMARY_FILE}); "
                           "give the folder of a multirun (hydra.sweep.dir), not one of its jobs.")
-    swept = sweep_keys(sweep_dir)
+    swept = list(swept) if swept is not None else sweep_keys(sweep_dir, folders)
     rows = [job_row(f, swept) for f in folders]
     columns: list[str] = []
     for row in rows:
         for k in row:
             if k not in columns:
                 columns.append(k)
+    head = ["job", *[k for k in swept if k in columns]]  # the swept values first, in the sweep's order
     tail = [c for c in (*LOSS_KEYS, "elapsed_s") if c in columns]
-    columns = [c for c in columns if c not in tail] + tail
-    keys = swept if swept is not None else columns[1:columns.index("status")]  # the overrides' columns
-    return columns, rows, keys
+    columns = head + [c for c in columns if c not in tail and c not in head] + tail
+    return columns, rows, swept
 
 
 def _cell(v: Any) -> str:
@@ -192,21 +208,21 @@ def write_plot(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
     else:
-        labels = [job_label([(k, _cell(r.get(k))) for k in swept if k in r]) or r["job"] for r in done]
+        labels = ["\n".join(f"{k.split('.')[-1]}={_cell(r[k])}"[:32] for k in swept if k in r) or r["job"][:32]
+                  for r in done]
         ax.bar(range(len(done)), [r[metric] for r in done])
         ax.set_xticks(range(len(done)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per job ({len(done)} of {len(rows)} jobs done)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def summarize_sweep(sweep_dir: str | Path) -> dict[str, Path]:
+def summarize_sweep(sweep_dir: str | Path, swept: Sequence[str] | None = None) -> dict[str, Path]:
     """Write ``sweep_summary.csv``, ``.md`` and ``.png`` into ``sweep_dir``; returns their paths."""
     sweep_dir = Path(sweep_dir)
-    columns, rows, swept = sweep_table(sweep_dir)
+    columns, rows, swept = sweep_table(sweep_dir, swept)
     out = {"csv": sweep_dir / f"{OUTPUT_STEM}.csv", "md": sweep_dir / f"{OUTPUT_STEM}.md"}
     with open(out["csv"], "w", newline="") as f:
         w = csv.writer(f)
@@ -229,10 +245,10 @@ class SweepSummaryCallback(Callback):
         os.environ[SWEPT_ENV] = json.dumps(swept_keys(task, params))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        os.environ.pop(SWEPT_ENV, None)
+        swept = json.loads(os.environ.pop(SWEPT_ENV, "null"))
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            paths = summarize_sweep(sweep_dir)
+            paths = summarize_sweep(sweep_dir, swept)
         except (ConfigError, OSError, ValueError) as e:
             log.warning("no sweep summary for %s: %s", sweep_dir, e)
             return

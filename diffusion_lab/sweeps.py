@@ -70,17 +70,21 @@ def format_value(value: str) -> str:
     return f"{number:.4g}"
 
 
+def override_values(task_overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """(key, value as in a name) of every override outside ``EXCLUDED_KEYS``."""
+    out = []
+    for o in _parse(task_overrides):
+        key = o.get_key_element().lstrip("+~")
+        if not _excluded(key):
+            out.append((key, format_value(o.get_value_element_as_str())))
+    return out
+
+
 def job_values(task_overrides: Sequence[str], swept: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(key, value) of the job's overrides that name it: those of ``swept`` (default: the published
     swept keys), or, without a list of swept keys, every override outside ``EXCLUDED_KEYS``."""
     swept = current_swept_keys() if swept is None else list(swept)
-    out = []
-    for o in _parse(task_overrides):
-        key = o.get_key_element().lstrip("+~")
-        if _excluded(key) or (swept is not None and key not in swept):
-            continue
-        out.append((key, format_value(o.get_value_element_as_str())))
-    return out
+    return [(k, v) for k, v in override_values(task_overrides) if swept is None or k in swept]
 
 
 def job_label(values: Sequence[tuple[str, str]]) -> str:

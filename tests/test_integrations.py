@@ -9,6 +9,7 @@ import csv
 import sys
 
 import pytest
+import torch
 import yaml
 from hydra.utils import get_class
 
@@ -86,3 +87,31 @@ def test_joblib_launcher_runs_a_sweep_in_worker_processes(tmp_path, monkeypatch)
     rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
     assert [(r["job"], r["optimizer.lr"]) for r in rows] == [(jobs[0], "0.001"), (jobs[1], "0.003")]
     assert [float(r["train/loss_epoch"]) for r in rows] == [s["metrics"]["train/loss_epoch"] for s in summaries]
+
+
+def test_optuna_fid_search_space_tunes_lr_ema_and_a_weighting_every_choice_of_which_builds(build_run):
+    """hparams_search=optuna_fid: the learning rate, the EMA decay and the loss weighting, minimising the
+    selected sampler's FID; each weighting it can draw is one the default run accepts."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hparams_search=optuna_fid", "sampler=ddim", "sampler.steps=7"],
+                      return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert set(params) == {"optimizer.lr", "ema.decay", "loss.weighting"}
+    assert get_class(cfg.hydra.sweeper._target_).__name__ == "OptunaSweeper" and cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.optimized_metric == "eval/fid/ddim_7"
+    weightings = params["loss.weighting"].removeprefix("choice(").removesuffix(")").split(", ")
+    assert weightings == ["simple", "min_snr", "v", "x0"]
+    # each choice is a different loss: its multiplier on the ε-MSE (VP, eps) in closed form, SNR = α²/σ²
+    t = torch.tensor([0.05, 0.3, 0.7, 0.95])
+    expected = {"simple": lambda snr: torch.ones_like(snr), "min_snr": lambda snr: snr.clamp(max=5.0) / snr,
+                "v": lambda snr: (snr + 1) / snr, "x0": lambda snr: 1 / snr}
+    for w in weightings:
+        _, parts, _ = build_run([f"loss.weighting={w}"])
+        sched = parts.schedule
+        snr = (sched.alpha(t.double()) / sched.sigma(t.double())) ** 2
+        m = parts.loss.multiplier(sched, parts.parameterization, t)
+        torch.testing.assert_close(m, expected[w](snr), rtol=1e-9, atol=0)

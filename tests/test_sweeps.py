@@ -72,6 +72,23 @@ def test_sweep_summary_has_one_row_per_job_with_the_selected_samplers_metrics(tm
     assert (tmp_path / "sweep_summary.png").stat().st_size > 1000
 
 
+def test_without_multirun_yaml_the_swept_keys_are_the_sweeper_params_and_the_values_that_differ(tmp_path):
+    """Optuna writes no multirun.yaml: the keys come from a job's hydra.yaml (sweeper params) and from the
+    overrides that differ between jobs; the fixed ones stay out."""
+    from diffusion_lab.sweep_summary import sweep_table
+
+    _fake_job(tmp_path, "0_a", ["optimizer.lr=0.001", "ema.decay=0.99", "trainer.max_steps=5"], "ddim_4",
+              {"eval/fid/ddim_4": 3.0})
+    _fake_job(tmp_path, "1_b", ["optimizer.lr=0.002", "ema.decay=0.99", "trainer.max_steps=5", "+seed=3"], "ddim_4",
+              {"eval/fid/ddim_4": 4.0})
+    (tmp_path / "0_a" / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      optimizer.lr: tag(log, interval(1e-4, 1e-2))\n      ema.decay: choice(0.99, 0.999)\n")
+    columns, rows, swept = sweep_table(tmp_path)
+    assert swept == ["optimizer.lr", "ema.decay", "seed"]
+    assert columns[:5] == ["job", "optimizer.lr", "ema.decay", "seed", "status"] and "trainer.max_steps" not in columns
+    assert [r.get("seed") for r in rows] == [None, "3"]
+
+
 def test_sweep_summary_of_a_folder_that_is_not_a_sweep_says_so(tmp_path):
     from diffusion_lab.sweep_summary import main
 
