@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.cli import entry_point, run_reporting_errors
 from diffusion_lab.errors import ConfigError
-from diffusion_lab.runs import CONFIG_DIR, load_run, pick_device
+from diffusion_lab.pretrained import load_model
+from diffusion_lab.runs import CONFIG_DIR, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.get("evaluation") is None:
         raise ConfigError("evaluation=null: nothing to evaluate; drop the override to use the default evaluation.")
     device = pick_device(cfg.device)
-    loaded = load_run(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, device, sampler=cfg.get("sampler"),
-                      evaluation=cfg.evaluation, guidance=cfg.get("guidance"))
+    loaded = load_model(cfg, device, evaluation=cfg.evaluation)  # ckpt_path=<checkpoint> or pretrained=<folder>
     module, parts = loaded.module, loaded.parts
     evaluator = parts.evaluator
     evaluator.prepare(parts.datamodule, parts.data_shape, device)
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     for row in rows:
         line = {"sampler": row["sampler"], "kind": row["kind"], "nfe": row["nfe"], "seconds": row["seconds"],
                 **{k: v for k, v in row.items() if k not in ("sampler", "kind", "nfe", "seconds")},
-                "ckpt": str(cfg.ckpt_path)}
+                "ckpt": str(cfg.get("pretrained") or cfg.ckpt_path)}
         print(json.dumps({k: _json_value(v) for k, v in line.items()}), flush=True)
     return rows
 

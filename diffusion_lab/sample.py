@@ -27,7 +27,8 @@ from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation import generate_samples, rank_labels
 from diffusion_lab.images import save_picture, to_unit
 from diffusion_lab.metrics.features import value_range_of
-from diffusion_lab.runs import CONFIG_DIR, load_run, pick_device
+from diffusion_lab.pretrained import load_model
+from diffusion_lab.runs import CONFIG_DIR, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer.")
     device = pick_device(cfg.device)
-    loaded = load_run(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, device, sampler=cfg.get("sampler"),
-                      guidance=cfg.get("guidance"))
+    loaded = load_model(cfg, device)  # ckpt_path=<checkpoint> or pretrained=<diffusers folder>
     module, parts = loaded.module, loaded.parts
     sampler, cond = parts.sampler, parts.conditioning
     labels = rank_labels(int(cfg.n), 0, 1, cond.num_classes, cond.class_label) if cond.num_classes else None

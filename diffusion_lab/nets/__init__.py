@@ -2,8 +2,9 @@
 low-dimensional data, a noise-conditional classifier (classifier guidance) and a small clean-image
 classifier used as FID feature network on MNIST-like data."""
 
+from diffusion_lab.nets.diffusers_unet import DiffusersUNet
 from diffusion_lab.nets.classifier import FeatureClassifier, NoiseConditionalClassifier
 from diffusion_lab.nets.mlp import MLP
 from diffusion_lab.nets.unet import UNet, count_parameters
 
-__all__ = ["FeatureClassifier", "MLP", "NoiseConditionalClassifier", "UNet", "count_parameters"]
+__all__ = ["DiffusersUNet", "FeatureClassifier", "MLP", "NoiseConditionalClassifier", "UNet", "count_parameters"]

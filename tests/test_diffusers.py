@@ -1,0 +1,82 @@
+"""diffusers models in and out (the `diffusers` extra): a random small UNet2DModel saved as a pipeline folder
+loads with `pretrained=`, its scheduler config maps onto our schedule / parameterization / sampler options,
+our DDIM equals diffusers' DDIMScheduler on the same timesteps, and other samplers of ours run on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8, attention_head_dim=8)
+
+
+def save_pipeline(folder, beta_schedule="linear", prediction_type="epsilon", clip_sample=True, **scheduler_kwargs):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**UNET)
+    with torch.no_grad():  # a random UNet's output is tiny; make it O(1) so the samplers' steps matter
+        unet.conv_out.weight.mul_(30.0)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule,
+                                    prediction_type=prediction_type, clip_sample=clip_sample, **scheduler_kwargs)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder)
+    return unet, sched
+
+
+def diffusers_ddim(unet, scheduler_config, x, steps, alphas_cumprod=None):
+    """diffusers' own DDIM loop (DDIMPipeline's, with use_clipped_model_output=True)."""
+    sched = diffusers.DDIMScheduler.from_config(scheduler_config)
+    sched.set_timesteps(steps)
+    if alphas_cumprod is not None:  # float64 tables: compare the algorithms, not float32 rounding
+        sched.alphas_cumprod = alphas_cumprod
+        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    for tau in sched.timesteps:
+        eps = unet(x, tau).sample
+        x = sched.step(eps, tau, x, use_clipped_model_output=True).prev_sample
+    return x, sched.timesteps
+
+
+@pytest.mark.parametrize("beta_schedule,prediction_type", [("linear", "epsilon"), ("squaredcos_cap_v2", "v_prediction"),
+                                                            ("linear", "sample")])
+def test_our_ddim_on_a_diffusers_folder_equals_diffusers_ddim_to_1e6(tmp_path, beta_schedule, prediction_type):
+    from diffusion_lab.pretrained import load_pretrained
+    from diffusion_lab.samplers import Sampler
+
+    unet, sched = save_pipeline(tmp_path, beta_schedule, prediction_type)
+    run = load_pretrained(tmp_path, sampler={"_target_": "diffusion_lab.samplers.Sampler", "name": "ddim", "steps": 10,
+                                             "grid": "leading", "eta": 0.0})
+    ours = run.parts.schedule
+    assert type(ours).__name__ == {"linear": "DDPMLinearSchedule", "squaredcos_cap_v2": "CosineDiscreteSchedule"}[beta_schedule]
+    assert run.parts.parameterization.kind == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction_type]
+    torch.testing.assert_close(ours.betas.float(), sched.betas, rtol=2e-6, atol=0)  # the same β (float32 in diffusers)
+    assert run.parts.sampler.options["clip_x0"] is True  # clip_sample=true
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # float64 throughout: the UNet, diffusers' tables (ᾱ from our β), our sampler state
+    run.module.to(torch.float64)
+    sampler: Sampler = run.parts.sampler
+    with run.module.sampling(use_ema=True) as denoiser:
+        x_ours = sampler(denoiser, x_T=x_T, progress=False).x
+        grid = sampler.time_grid(ours)
+    ref, timesteps = diffusers_ddim(unet.double(), sched.config, x_T, 10, ours.alphas_cumprod.clone())
+    torch.testing.assert_close(grid[:-1] * 1000, (timesteps + 1).double())  # our step i = diffusers' τ + 1
+    assert float((x_ours - x_T).abs().max()) > 0.5  # the samples moved
+    torch.testing.assert_close(x_ours, ref, rtol=0, atol=1e-6)
+
+
+def test_float32_pipeline_as_saved_matches_to_float32_precision(tmp_path):
+    """No float64 help: diffusers' scheduler exactly as saved (float32 β) against ours."""
+    from diffusion_lab.pretrained import load_pretrained
+
+    unet, sched = save_pipeline(tmp_path, clip_sample=False)
+    run = load_pretrained(tmp_path, sampler={"_target_": "diffusion_lab.samplers.Sampler", "name": "ddim", "steps": 20,
+                                             "grid": "leading"})
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with run.module.sampling(use_ema=True) as denoiser, torch.no_grad():
+        x_ours = run.parts.sampler(denoiser, x_T=x_T, progress=False).x
+        ref, _ = diffusers_ddim(unet, sched.config, x_T, 20)
+    torch.testing.assert_close(x_ours.float(), ref, rtol=1e-4, atol=1e-4)  # values up to ~100: float32 β and steps
