@@ -20,8 +20,8 @@ UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16
 def save_pipeline(folder, beta_schedule="linear", prediction_type="epsilon", clip_sample=True, **scheduler_kwargs):
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(**UNET)
-    with torch.no_grad():  # a random UNet's output is tiny; make it O(1) so the samplers' steps matter
-        unet.conv_out.weight.mul_(30.0)
+    with torch.no_grad():  # a random UNet's output has std ≈ 0.3; make it ≈ 1 (a trained ε-net's)
+        unet.conv_out.weight.mul_(3.0)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule,
                                     prediction_type=prediction_type, clip_sample=clip_sample, **scheduler_kwargs)
     diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder)
@@ -80,3 +80,67 @@ def test_float32_pipeline_as_saved_matches_to_float32_precision(tmp_path):
         x_ours = run.parts.sampler(denoiser, x_T=x_T, progress=False).x
         ref, _ = diffusers_ddim(unet, sched.config, x_T, 20)
     torch.testing.assert_close(x_ours.float(), ref, rtol=1e-4, atol=1e-4)  # values up to ~100: float32 β and steps
+
+
+def _sample(tmp_path, folder, overrides):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from diffusion_lab.sample import run
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=[f"pretrained={folder}", f"out_dir={tmp_path}", "n=6",
+                                                        "progress=false", "device=cpu", *overrides])
+    summary = run(cfg)
+    return np.load(summary["npz"])["x"], summary
+
+
+def test_three_of_our_ode_samplers_solve_the_same_flow_on_a_pretrained_folder(tmp_path):
+    """`python -m diffusion_lab.sample pretrained=<folder> sampler=...`: Heun, DPM-Solver++(2M) and UniPC-2 at 40
+    steps integrate the same PF-ODE of the loaded model from the same noise, so they agree with each other far
+    better than with a 4-step DDIM; and DDPM (the config's variance) runs too."""
+    folder = tmp_path / "pipe"
+    save_pipeline(folder, clip_sample=False)
+    xs = {name: _sample(tmp_path / name, folder, [f"sampler={name}", "sampler.steps=40", "sampler.grid=lambda"])[0]
+          for name in ("heun", "dpm_solver_pp_2m", "unipc_2")}
+    coarse, _ = _sample(tmp_path / "ddim4", folder, ["sampler=ddim", "sampler.steps=4", "sampler.grid=lambda"])
+    spread = max(np.abs(xs[a] - xs[b]).max() for a in xs for b in xs)
+    assert spread < 0.05 * np.abs(coarse - xs["heun"]).max(), spread
+    ddpm, summary = _sample(tmp_path / "ddpm", folder, ["sampler=ddpm", "sampler.steps=20"])
+    assert np.isfinite(ddpm).all() and summary["nfe"] == 20
+
+
+def test_scheduler_configs_without_a_counterpart_stop_with_the_value_named(tmp_path):
+    from diffusion_lab.errors import ConfigError
+    from diffusion_lab.pretrained import load_pretrained, schedule_config, sampler_options
+
+    with pytest.raises(ConfigError, match="beta_schedule='sigmoid'"):
+        schedule_config({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"})
+    with pytest.raises(ConfigError, match="ScoreSdeVeScheduler"):
+        schedule_config({"_class_name": "ScoreSdeVeScheduler"})
+    with pytest.raises(ConfigError, match="thresholding=true"):
+        sampler_options({"thresholding": True})
+    with pytest.raises(ConfigError, match="variance_type='learned'"):
+        sampler_options({"variance_type": "learned"})
+    save_pipeline(tmp_path, prediction_type="epsilon", rescale_betas_zero_snr=True)
+    with pytest.raises(ConfigError, match="rescale_betas_zero_snr=true"):
+        load_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="no scheduler/scheduler_config.json"):
+        load_pretrained(tmp_path / "unet")
+
+
+def test_scheduler_options_map_to_our_ddpm_variance_and_clipping(tmp_path):
+    from diffusion_lab.pretrained import load_pretrained, schedule_config
+
+    save_pipeline(tmp_path, clip_sample=True, variance_type="fixed_large")
+    run = load_pretrained(tmp_path, sampler={"_target_": "diffusion_lab.samplers.Sampler", "name": "ddpm", "steps": 5})
+    assert run.parts.sampler.options == {"clip_x0": True, "variance": "large"}
+    run = load_pretrained(tmp_path, sampler={"_target_": "diffusion_lab.samplers.Sampler", "name": "heun", "steps": 5})
+    assert run.parts.sampler.options == {}  # options only where the sampler has them
+    cfg = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    cfg["beta_schedule"], cfg["beta_start"], cfg["beta_end"] = "scaled_linear", 0.00085, 0.012
+    from diffusion_lab.schedules import DiscreteSchedule
+
+    ours = DiscreteSchedule(schedule_config(cfg)["betas"])
+    theirs = diffusers.DDPMScheduler.from_config(cfg)
+    torch.testing.assert_close(ours.betas.float(), theirs.betas, rtol=1e-6, atol=0)
