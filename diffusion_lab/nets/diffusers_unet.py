@@ -35,6 +35,15 @@ def _unet_class() -> Any:
     return UNet2DModel
 
 
+def _plain(value: Any) -> Any:
+    """Hydra's ListConfig → list (diffusers writes its config as JSON)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return list(value) if isinstance(value, tuple) else value
+
+
 class DiffusersUNet(nn.Module):
     """``DiffusersUNet(num_train_timesteps=1000, time_scale=1000.0, learned_variance=False,
     pretrained=None, **unet_kwargs)``: ``forward(x, noise_label)`` (unconditional).
@@ -54,7 +63,7 @@ class DiffusersUNet(nn.Module):
                                   "diffusers pipeline (or a folder written by UNet2DModel.save_pretrained).")
             self.unet = cls.from_pretrained(str(pretrained), low_cpu_mem_usage=False)
         else:
-            self.unet = cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in unet_kwargs.items()})
+            self.unet = cls(**{k: _plain(v) for k, v in unet_kwargs.items()})
         cfg = self.unet.config
         if cfg.time_embedding_type != "positional":
             raise ConfigError(f"a UNet2DModel with time_embedding_type={cfg.time_embedding_type!r} is conditioned on σ, "
