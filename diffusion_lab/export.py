@@ -14,9 +14,10 @@ What maps exactly, and what is refused (one sentence each, before anything is wr
 
 * ``model=diffusers_unet``: the network *is* a ``UNet2DModel`` whose timestep is diffusers' τ = our
   step − 1 (``DiffusersUNet``), so the export is exact by construction.
-* our ``UNet`` (``model=unet_*``): not exported yet: its state dict has no exact mapping implemented
-  onto ``UNet2DModel``'s (the blocks, attention and time embedding differ in layout, and the time
-  label is our step, one more than diffusers' τ); train with ``model=diffusers_unet`` to export.
+* our ``UNet`` (``model=unet_*``): mapped weight by weight (``diffusion_lab.nets.to_diffusers``, which
+  also folds the τ = i − 1 shift into the time embedding), exact to float32 rounding where the
+  architectures coincide; an option without a counterpart (e.g. the varying GroupNorm groups of the
+  small configs, ``skip_rescale``, BigGAN resampling, Fourier time features) is named in one sentence.
 * continuous-time schedules (vp, cosine, ve, edm, rectified_flow, ...) have no diffusers DDPM
   scheduler; score / velocity / EDM-preconditioned parameterizations have no ``prediction_type``.
 """
@@ -74,21 +75,27 @@ def export(ckpt_path: str | Path, out: str | Path, use_ema: bool = True) -> Path
 
     loaded = load_run(ckpt_path)
     module, parts = loaded.module, loaded.parts
+    from diffusion_lab.nets import UNet
+    from diffusion_lab.nets.to_diffusers import to_unet2d
+
     net = module.ema.net if use_ema else module.net
-    if not isinstance(net, DiffusersUNet):
-        raise ConfigError(f"model {loaded.config.model.get('_target_')} has no exact mapping onto diffusers' UNet2DModel "
-                          "yet (only model=diffusers_unet checkpoints export); train with model=diffusers_unet to export.")
-    sampler_options = dict(parts.sampler.options)
-    sched_cfg = scheduler_config(parts.schedule, parts.parameterization.kind, net.learned_variance,
-                                 bool(sampler_options.get("clip_x0", False)))
-    if net.num_train_timesteps != parts.schedule.num_timesteps:
-        raise ConfigError(f"model.num_train_timesteps={net.num_train_timesteps} differs from the schedule's "
-                          f"T={parts.schedule.num_timesteps}, so its timesteps are not diffusers'; retrain with them equal.")
+    if not isinstance(net, (DiffusersUNet, UNet)):
+        raise ConfigError(f"model {loaded.config.model.get('_target_')} is not a UNet; only model=diffusers_unet and our "
+                          "UNet (model=unet_*) export to diffusers' UNet2DModel.")
+    sched_cfg = scheduler_config(parts.schedule, parts.parameterization.kind, bool(net.learned_variance),
+                                 bool(parts.sampler.options.get("clip_x0", False)))
+    if isinstance(net, DiffusersUNet):
+        if net.num_train_timesteps != parts.schedule.num_timesteps:
+            raise ConfigError(f"model.num_train_timesteps={net.num_train_timesteps} differs from the schedule's "
+                              f"T={parts.schedule.num_timesteps}, so its timesteps are not diffusers'; retrain with them equal.")
+        unet2d = net.unet.to(torch.float32)
+    else:  # our UNet: the exact state-dict mapping, or one sentence saying which option has no counterpart
+        unet2d = to_unet2d(net.float(), parts.schedule.num_timesteps, parts.parameterization.time_scale)
     from diffusers import DDPMPipeline, DDPMScheduler
 
     out = Path(out)
     scheduler = DDPMScheduler.from_config(sched_cfg)
-    DDPMPipeline(unet=net.unet.to(torch.float32), scheduler=scheduler).save_pretrained(str(out))
+    DDPMPipeline(unet=unet2d, scheduler=scheduler).save_pretrained(str(out))
     (out / "diffusion_lab.json").write_text(json.dumps({"ckpt_path": str(ckpt_path), "step": loaded.step,
                                                         "use_ema": use_ema}, indent=2) + "\n")
     log.info("exported %s (step %d, %s weights) to %s", ckpt_path, loaded.step, "EMA" if use_ema else "raw", out)

@@ -204,3 +204,64 @@ def test_export_refuses_our_unet_and_continuous_schedules_in_one_sentence(build_
     _, parts, _ = build_run(["schedule=ddpm", "parameterization=velocity"])
     with pytest.raises(ConfigError, match="parameterization=velocity"):
         scheduler_config(parts.schedule, "velocity", False, False)
+
+
+def _our_unet(**kw):
+    from diffusion_lab.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, image_size=8, ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), num_heads=4,
+               dropout=0.0, norm_groups=8, **kw).eval()
+    with torch.no_grad():  # randomize the zero-initialized layers too, so that every weight matters
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("scale_shift_norm", [False, True])
+def test_our_unet_maps_onto_unet2d_exactly_with_the_timestep_shift_folded_in(scale_shift_norm):
+    """to_unet2d: the UNet2DModel at τ = i − 1 computes our UNet at label i, at the first, a middle and the last
+    step (float32 rounding of the two sides' sin/cos only)."""
+    from diffusion_lab.nets.to_diffusers import to_unet2d
+
+    net = _our_unet(scale_shift_norm=scale_shift_norm)
+    theirs = to_unet2d(net, 1000, 1000.0)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for i in (1, 37, 500, 1000):
+            ours = net(x, torch.full((3,), float(i)))
+            assert float(ours.abs().max()) > 0.5
+            torch.testing.assert_close(theirs(x, torch.full((3,), i - 1)).sample, ours, rtol=0, atol=1e-5)
+
+
+def test_our_unet_options_without_a_counterpart_are_refused_by_name():
+    from diffusion_lab.errors import ConfigError
+    from diffusion_lab.nets import UNet
+    from diffusion_lab.nets.to_diffusers import unet2d_config
+
+    digits = UNet(in_channels=1, image_size=8, ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), num_heads=4)
+    with pytest.raises(ConfigError, match=r"GroupNorms have \[8, 16, 24, 32\] groups"):
+        unet2d_config(digits, 1000, 1000.0)  # the default digits UNet: narrow layers take fewer groups
+    with pytest.raises(ConfigError, match="skip_rescale"):
+        unet2d_config(_our_unet(skip_rescale=True), 1000, 1000.0)
+    with pytest.raises(ConfigError, match="time_scale=1.0"):
+        unet2d_config(_our_unet(), 1000, 1.0)
+
+
+def test_export_of_our_unet_checkpoint_reloads_in_diffusers(compose_cfg, tmp_path):
+    from conftest import FAST_TRAIN
+    from diffusion_lab.export import export
+
+    from diffusion_lab.runs import load_run
+    from diffusion_lab.train import run
+
+    run(compose_cfg([*FAST_TRAIN, "model.ch=16", "model.num_res_blocks=1", "+model.norm_groups=4", "schedule=ddpm",
+                     "trainer.max_steps=2", "evaluation.at_end=false", "evaluation.every_n_epochs=1000"]))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    pipe = diffusers.DDPMPipeline.from_pretrained(str(export(ckpt, tmp_path / "exported")))
+    loaded = load_run(ckpt)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with loaded.module.sampling(use_ema=True) as denoiser, torch.no_grad():
+        for i in (1, 400, 1000):
+            mine = denoiser.output(x, torch.full((2,), i / 1000.0), dtype=torch.float32).prediction
+            torch.testing.assert_close(pipe.unet(x, i - 1).sample, mine, rtol=0, atol=1e-5)
