@@ -3,8 +3,8 @@
 ``python -m diffusion_lab.train -m sampler=ddim,heun trainer.max_steps=20`` runs two jobs. Hydra's
 default names their folders ``0`` and ``1`` and gives both W&B runs the same name; here each job is
 named by the values of the *swept* keys only (the keys with a comma list, a range or a sweeper
-``params`` entry), e.g. ``0_sampler=ddim`` and ``1_sampler=heun``; the fixed overrides
-(``trainer.max_steps=20``) are the same in every job and stay out of the name.
+``params`` entry), e.g. ``0_sampler-ddim`` and ``1_sampler-heun`` (folders) and ``sampler=ddim`` (W&B);
+the fixed overrides (``trainer.max_steps=20``) are the same in every job and stay out of the name.
 
 How a job knows which keys are swept: the multirun's Hydra callback
 (``diffusion_lab.sweep_summary.SweepSummaryCallback``, in conf/train.yaml) reads the sweep's
@@ -14,9 +14,10 @@ sweeper's ``params`` before the first job starts, and puts the keys in the envir
 submitit's local and SLURM jobs). Without it (another root config) every override of the job that is
 not in ``EXCLUDED_KEYS`` names it, which is Hydra's ``override_dirname`` with those keys excluded.
 
-The folder keeps the job number in front (``<num>_<key=value,...>``): two Optuna trials may draw
-the same categorical values, and the number keeps them apart and in launch order. Floats are written
-with 4 significant digits and characters that are not safe in a path become ``-``.
+The folder keeps the job number in front (``<num>_<key>-<value>+<key>-<value>``): two Optuna trials
+may draw the same categorical values, and the number keeps them apart and in launch order. Floats are
+written with 4 significant digits; ``=``, ``,`` and other characters that Hydra's override grammar or a
+path would read are replaced (``ckpt_path=<job folder>/checkpoints/last.ckpt`` works unquoted).
 """
 
 from __future__ import annotations
@@ -93,10 +94,11 @@ def job_label(values: Sequence[tuple[str, str]]) -> str:
 
 
 def job_dirname(num: Any, task_overrides: Sequence[str]) -> str:
-    """The folder of job ``num`` of a sweep: ``<num>_<key=value,...>``, or ``<num>`` when nothing is swept."""
-    label = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", job_label(job_values(list(task_overrides))))
-    if len(label) > MAX_DIRNAME:
-        label = label[:MAX_DIRNAME].rstrip(",")
+    """The folder of job ``num`` of a sweep: ``<num>_<key>-<value>+<key>-<value>...``, or ``<num>`` when nothing
+    is swept. No ``=`` or ``,``: Hydra's override grammar reads those, so the folder's path can be given to
+    ``ckpt_path=`` unquoted."""
+    items = [re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{k}-{v}") for k, v in job_values(list(task_overrides))]
+    label = "+".join(items)[:MAX_DIRNAME].rstrip("+")
     return f"{num}_{label}" if label else str(num)
 
 

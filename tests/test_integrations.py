@@ -27,7 +27,7 @@ def test_optuna_sweep_minimises_the_returned_metric(tmp_path, monkeypatch):
     fids = []
     jobs = sorted((p for p in tmp_path.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0]))
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1", "2"]
-    assert all("optimizer.lr=" in p.name and "ema.decay=" in p.name for p in jobs)  # named by the trial's values
+    assert all("optimizer.lr-" in p.name and "+ema.decay-" in p.name for p in jobs)  # named by the trial's values
     for job in jobs:
         lines = (job / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
         header = lines[0].split(",")
@@ -62,7 +62,7 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, monk
                                       f"hydra.sweep.dir={tmp_path}", *FAST_TRAIN, *SMALL_UNET, "trainer.max_steps=2",
                                       "sampler.steps=2", "evaluation.n=8"])
     train.main()
-    for job, label in (("0_sampler=ddim", "ddim_2"), ("1_sampler=heun", "heun_2")):
+    for job, label in (("0_sampler-ddim", "ddim_2"), ("1_sampler-heun", "heun_2")):
         assert (tmp_path / job / "eval" / "table.csv").read_text().splitlines()[1].split(",")[2] == label
     assert list((tmp_path / ".submitit").glob("*/*_log.out"))
 
@@ -80,7 +80,7 @@ def test_joblib_launcher_runs_a_sweep_in_worker_processes(tmp_path, monkeypatch)
                                       f"hydra.sweep.dir={tmp_path}", *FAST_TRAIN, *SMALL_UNET, "trainer.max_steps=2",
                                       "sampler.steps=2", "evaluation.n=8", "evaluation.progress=false"])
     train.main()
-    jobs = ("0_optimizer.lr=0.001", "1_optimizer.lr=0.003")
+    jobs = ("0_optimizer.lr-0.001", "1_optimizer.lr-0.003")
     summaries = [json.loads((tmp_path / j / "summary.json").read_text()) for j in jobs]
     assert all(s["pid"] != os.getpid() for s in summaries)  # ran in the launcher's workers, not here
     assert [s["overrides"][0] for s in summaries] == ["optimizer.lr=0.001", "optimizer.lr=0.003"]

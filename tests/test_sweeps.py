@@ -28,12 +28,30 @@ def test_job_dirname_keeps_the_number_and_only_the_swept_values(monkeypatch):
 
     overrides = ["sampler=ddim", "trainer.max_steps=20", "optimizer.lr=0.0012345678", "hydra.sweep.dir=/tmp/s"]
     monkeypatch.setenv(SWEPT_ENV, json.dumps(["sampler", "optimizer.lr"]))
-    assert job_dirname(3, overrides) == "3_sampler=ddim,optimizer.lr=0.001235"
+    assert job_dirname(3, overrides) == "3_sampler-ddim+optimizer.lr-0.001235"
     monkeypatch.setenv(SWEPT_ENV, json.dumps([]))
     assert job_dirname(0, overrides) == "0"
     monkeypatch.delenv(SWEPT_ENV)  # no published keys: every override but the excluded ones
-    assert job_dirname(1, overrides) == "1_sampler=ddim,trainer.max_steps=20,optimizer.lr=0.001235"
-    assert job_dirname(2, ["dataset=image_folder", "dataset.root=/data/x"]) == "2_dataset=image_folder,dataset.root=-data-x"
+    assert job_dirname(1, overrides) == "1_sampler-ddim+trainer.max_steps-20+optimizer.lr-0.001235"
+    assert job_dirname(2, ["dataset=image_folder", "dataset.root=/data/x"]) == "2_dataset-image_folder+dataset.root--data-x"
+
+
+def test_a_job_folder_can_be_given_to_ckpt_path_unquoted():
+    """No `=` or `,` in folder names: Hydra's parser reads the job's checkpoint path as one plain value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from diffusion_lab.sweeps import SWEPT_ENV, job_dirname
+
+    import os
+    os.environ[SWEPT_ENV] = json.dumps(["optimizer.lr", "loss.weighting", "sampler"])
+    try:
+        name = job_dirname(4, ["optimizer.lr=3e-4", "loss.weighting=min_snr", "sampler=ddim", "trainer.max_steps=9"])
+    finally:
+        del os.environ[SWEPT_ENV]
+    assert name == "4_optimizer.lr-0.0003+loss.weighting-min_snr+sampler-ddim"
+    path = f"outputs/multirun/d/t/{name}/checkpoints/last.ckpt"
+    (override,) = OverridesParser.create().parse_overrides([f"ckpt_path={path}"])
+    assert not override.is_sweep_override() and override.value() == path
 
 
 # ----------------------------------------------------------------------------------- the aggregated table
@@ -51,24 +69,24 @@ def test_sweep_summary_has_one_row_per_job_with_the_selected_samplers_metrics(tm
 
     (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['optimizer.lr=1e-3,1e-2', 'trainer.max_steps=5']\n"
                                             "  sweeper:\n    params: null\n")
-    _fake_job(tmp_path, "0_optimizer.lr=0.001", ["optimizer.lr=1e-3", "trainer.max_steps=5"], "ddim_4",
+    _fake_job(tmp_path, "0_optimizer.lr-0.001", ["optimizer.lr=1e-3", "trainer.max_steps=5"], "ddim_4",
               {"eval/fid/ddim_4": 10.0, "eval/nfe/ddim_4": 4.0, "eval/fid/heun_3": 12.0, "eval/wall_seconds": 3.0,
                "train/loss_epoch": 0.5})
-    _fake_job(tmp_path, "1_optimizer.lr=0.01", ["optimizer.lr=1e-2", "trainer.max_steps=5"], "ddim_4",
+    _fake_job(tmp_path, "1_optimizer.lr-0.01", ["optimizer.lr=1e-2", "trainer.max_steps=5"], "ddim_4",
               {"eval/fid/ddim_4": 7.5, "eval/nfe/ddim_4": 4.0, "eval/fid/heun_3": 9.0, "train/loss_epoch": 0.4})
-    _fake_job(tmp_path, "10_optimizer.lr=0.1", ["optimizer.lr=1e-1", "trainer.max_steps=5"], None, {})  # failed job
+    _fake_job(tmp_path, "10_optimizer.lr-0.1", ["optimizer.lr=1e-1", "trainer.max_steps=5"], None, {})  # failed job
     columns, rows, swept = sweep_table(tmp_path)
     assert swept == ["optimizer.lr"]
     assert columns == ["job", "optimizer.lr", "status", "label", "nfe", "fid", "fid/heun_3", "train/loss_epoch", "elapsed_s"]
-    assert [r["job"] for r in rows] == ["0_optimizer.lr=0.001", "1_optimizer.lr=0.01", "10_optimizer.lr=0.1"]
+    assert [r["job"] for r in rows] == ["0_optimizer.lr-0.001", "1_optimizer.lr-0.01", "10_optimizer.lr-0.1"]
     assert [r["optimizer.lr"] for r in rows] == ["0.001", "0.01", "0.1"]
     assert [r.get("fid") for r in rows] == [10.0, 7.5, None] and rows[1]["fid/heun_3"] == 9.0
     assert [r["status"] for r in rows] == ["done", "done", "no summary"]
     main([str(tmp_path)])
     written = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
-    assert [(r["job"], r["fid"]) for r in written] == [("0_optimizer.lr=0.001", "10.0"), ("1_optimizer.lr=0.01", "7.5"),
-                                                       ("10_optimizer.lr=0.1", "")]
-    assert (tmp_path / "sweep_summary.md").read_text().splitlines()[2].startswith("| 0_optimizer.lr=0.001 | 0.001 | done")
+    assert [(r["job"], r["fid"]) for r in written] == [("0_optimizer.lr-0.001", "10.0"), ("1_optimizer.lr-0.01", "7.5"),
+                                                       ("10_optimizer.lr-0.1", "")]
+    assert (tmp_path / "sweep_summary.md").read_text().splitlines()[2].startswith("| 0_optimizer.lr-0.001 | 0.001 | done")
     assert (tmp_path / "sweep_summary.png").stat().st_size > 1000
 
 
@@ -100,7 +118,8 @@ def test_sweep_summary_of_a_folder_that_is_not_a_sweep_says_so(tmp_path):
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_a_two_job_sweep_names_folders_and_wandb_runs_by_its_values_and_ends_with_one_table(tmp_path, monkeypatch):
-    """`-m sampler=ddim,heun` (logger=wandb, wandb.init spied and run disabled: fast): folders 0_sampler=ddim and 1_sampler=heun, W&B names and
+    """`-m sampler=ddim,heun` (logger=wandb, wandb.init spied and run disabled: fast): folders 0_sampler-ddim and
+    1_sampler-heun, W&B names and
     tags with the swept value (not the fixed overrides), one group; sweep_summary.csv has one row per job
     whose numbers are the job's own evaluation table's; every job wrote its summary.json."""
     import wandb
@@ -121,7 +140,7 @@ def test_a_two_job_sweep_names_folders_and_wandb_runs_by_its_values_and_ends_wit
                                       *FAST_TRAIN, *SMALL_UNET, "trainer.max_steps=2", "sampler.steps=2",
                                       "evaluation.n=8", "evaluation.progress=false"])
     train.main()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0_sampler=ddim", "1_sampler=heun"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0_sampler-ddim", "1_sampler-heun"]
     assert SWEPT_ENV not in __import__("os").environ  # the callback cleaned up after the sweep
     assert [k["name"] for k in inits] == ["digits_vp_eps/sampler=ddim", "digits_vp_eps/sampler=heun"]
     assert "sampler=ddim" in inits[0]["tags"] and "sampler=heun" in inits[1]["tags"]
@@ -129,7 +148,7 @@ def test_a_two_job_sweep_names_folders_and_wandb_runs_by_its_values_and_ends_wit
     assert len({k["group"] for k in inits}) == 1 and inits[0]["group"]
     rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
     assert [(r["job"], r["sampler"], r["label"], r["status"]) for r in rows] == [
-        ("0_sampler=ddim", "ddim", "ddim_2", "done"), ("1_sampler=heun", "heun", "heun_2", "done")]
+        ("0_sampler-ddim", "ddim", "ddim_2", "done"), ("1_sampler-heun", "heun", "heun_2", "done")]
     for r in rows:
         (own,) = list(csv.DictReader(open(tmp_path / r["job"] / "eval" / "table.csv")))
         for m in ("fid", "kid", "is", "nfe"):

@@ -49,7 +49,7 @@ def test_sweep_over_samplers_evaluates_each_sampler(tmp_path):
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     # job folders named by the swept value only (not the fixed overrides), one aggregated table of the sweep
-    jobs = ("0_sampler=ddim", "1_sampler=heun")
+    jobs = ("0_sampler-ddim", "1_sampler-heun")
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == list(jobs)
     tables = {job: list(csv.DictReader(open(tmp_path / job / "eval" / "table.csv"))) for job in jobs}
     (ddim,), (heun,) = tables[jobs[0]], tables[jobs[1]]
@@ -62,5 +62,5 @@ def test_sweep_over_samplers_evaluates_each_sampler(tmp_path):
     assert (heun["sampler"], heun["nfe"], heun["step"]) == ("heun_5", "9.0", "12")
     assert float(ddim["fid"]) != float(heun["fid"])
     pictures = [np.asarray(Image.open(tmp_path / job / "samples" / label / "epoch_0000.png"))
-                for job, label in (("0_sampler=ddim", "ddim_5"), ("1_sampler=heun", "heun_5"))]
+                for job, label in (("0_sampler-ddim", "ddim_5"), ("1_sampler-heun", "heun_5"))]
     assert pictures[0].shape == pictures[1].shape and not np.array_equal(*pictures)
