@@ -137,6 +137,11 @@ def test_scheduler_options_map_to_our_ddpm_variance_and_clipping(tmp_path):
     assert run.parts.sampler.options == {"clip_x0": True, "variance": "large"}
     run = load_pretrained(tmp_path, sampler={"_target_": "diffusion_lab.samplers.Sampler", "name": "heun", "steps": 5})
     assert run.parts.sampler.options == {}  # options only where the sampler has them
+    from diffusion_lab.pretrained import apply_options
+
+    ddim = {"_target_": "diffusion_lab.samplers.Sampler", "name": "ddim", "clip_x0": False}
+    assert apply_options(ddim, {"clip_x0": True}, set())["clip_x0"] is True
+    assert apply_options(ddim, {"clip_x0": True}, {"clip_x0"})["clip_x0"] is False  # sampler.clip_x0= on the command line wins
     cfg = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
     cfg["beta_schedule"], cfg["beta_start"], cfg["beta_end"] = "scaled_linear", 0.00085, 0.012
     from diffusion_lab.schedules import DiscreteSchedule
@@ -265,3 +270,24 @@ def test_export_of_our_unet_checkpoint_reloads_in_diffusers(compose_cfg, tmp_pat
         for i in (1, 400, 1000):
             mine = denoiser.output(x, torch.full((2,), i / 1000.0), dtype=torch.float32).prediction
             torch.testing.assert_close(pipe.unet(x, i - 1).sample, mine, rtol=0, atol=1e-5)
+
+
+def test_evaluate_a_pretrained_folder_against_a_dataset(tmp_path):
+    """`python -m diffusion_lab.evaluate pretrained=<folder> dataset=digits sampler=ddim`: one row with the metrics of
+    the sampler; without dataset= an evaluation says it needs one."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from diffusion_lab.errors import DataError
+    from diffusion_lab.evaluate import run
+
+    save_pipeline(tmp_path / "pipe", clip_sample=True)
+    common = [f"pretrained={tmp_path / 'pipe'}", f"out_dir={tmp_path / 'eval'}", "sampler=ddim", "sampler.steps=3",
+              "evaluation.n=16", "evaluation.progress=false", "device=cpu"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[*common, "dataset=digits"])
+        bare = compose(config_name="evaluate", overrides=common)
+    (row,) = run(cfg)
+    assert row["sampler"] == "ddim_3" and row["nfe"] == 3 and row["fid"] > 0 and row["step"] == 0
+    with pytest.raises(DataError, match="pass dataset="):
+        run(bare)
