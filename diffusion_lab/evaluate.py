@@ -11,6 +11,8 @@ checkpoint's; ``-m guidance.scale=0,1,2,4`` sweeps the scale. Pictures and ``eva
 The rows are labelled with the checkpoint's step and the epoch that step belongs to, as training
 labels its own evaluation of the same step; ``-m sampler=ddim,heun,dpm_solver_pp_2m`` sweeps samplers
 over one checkpoint (the feature network and the real-data statistics are cached after the first job).
+``pretrained=<diffusers pipeline folder> dataset=<conf/dataset file>`` evaluates a diffusers model instead
+(``diffusion_lab.pretrained``; step 0).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ and prints a JSON summary. The sampler is the checkpoint's own unless ``sampler=
 is given; likewise the guidance (``guidance=cfg guidance.scale=2``). A class-conditional or guided model
 samples class-balanced labels (sample i has label i mod K) or ``guidance.class_label``; the labels are
 in the .npz (``labels``). The initial noise comes from a generator seeded ``seed`` — the noise rank 0 of the
-evaluation uses — so an ODE sampler reproduces the evaluation's samples.
+evaluation uses — so an ODE sampler reproduces the evaluation's samples. ``pretrained=<diffusers pipeline
+folder>`` instead of ``ckpt_path`` samples a diffusers model (``diffusion_lab.pretrained``).
 """
 
 from __future__ import annotations
