@@ -23,8 +23,9 @@ The scheduler config is read as a model description and mapped onto our groups:
 
 These have no counterpart and stop with a ConfigError naming the value: other beta schedules,
 ``thresholding: true`` (dynamic thresholding), ``clip_sample_range`` ≠ 1, ``rescale_betas_zero_snr:
-true``, ``variance_type: learned``, schedulers of σ-conditioned models (``ScoreSdeVeScheduler``,
-``EulerDiscreteScheduler`` with Karras σ, ...: their ``_class_name`` is named), and UNets that are
+true``, ``variance_type: learned``, schedulers of σ-conditioned or flow models (``ScoreSdeVeScheduler``,
+``EDMEulerScheduler``, ``FlowMatchEulerDiscreteScheduler``, ...: any ``_class_name`` outside
+``DISCRETE_SCHEDULERS`` is named), and UNets that are
 class-conditional or embed σ instead of the timestep. The sampling-only keys (``timestep_spacing``,
 ``steps_offset``, ``set_alpha_to_one``, ...) are ignored: ``sampler=`` chooses the sampler and its
 grid (``grid=leading|trailing|linspace`` are diffusers' spacings), so every sampler of the zoo runs on
@@ -54,7 +55,9 @@ VARIANCE_TYPES = {"fixed_small": "small", "fixed_small_log": "small", "fixed_lar
 #: scheduler classes whose config describes a discrete-time VP model (the rest are σ-conditioned)
 DISCRETE_SCHEDULERS = {"DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
                        "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
-                       "DDPMParallelScheduler", "DDIMParallelScheduler", "LMSDiscreteScheduler", None}
+                       "DDPMParallelScheduler", "DDIMParallelScheduler", "LMSDiscreteScheduler",
+                       "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                       "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", None}
 
 
 class PretrainedData:
