@@ -205,8 +205,12 @@ def write_plot(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
         pairs = sorted(zip(xs, [r[metric] for r in done]))
         ax.plot([p[0] for p in pairs], [p[1] for p in pairs], "o-")
         ax.set_xlabel(swept[0])
-        if min(xs) > 0 and max(xs) / min(xs) > 20:
+        if min(xs) > 0 and max(xs) / min(xs) >= 4:  # learning rates, step counts: log-spaced values
             ax.set_xscale("log")
+        values = sorted(set(xs))
+        if len(values) <= 12:  # the swept values themselves as ticks
+            ax.set_xticks(values, [_cell(v) for v in values], fontsize=8)
+            ax.minorticks_off()
     else:
         labels = ["\n".join(f"{k.split('.')[-1]}={_cell(r[k])}"[:32] for k in swept if k in r) or r["job"][:32]
                   for r in done]
