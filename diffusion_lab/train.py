@@ -4,7 +4,10 @@ Composes conf/train.yaml (Hydra), builds and checks the parts (``runs.build_part
 incompatible choice stops here, before any training), writes the resolved config to the run
 directory, and fits with Lightning; the evaluation callback evaluates the selected sampler (and the
 evaluation's extra ones) every k epochs and at the end. Outputs (config, checkpoints, logs, sample
-pictures, the evaluation table) go to the run directory under outputs/.
+pictures, the evaluation table) go to the run directory under outputs/; the run logs that folder first and
+ends with a short summary (``diffusion_lab.run_summary``, also ``<run dir>/summary.json``). In a multirun the
+job folders are named by the swept values and the sweep ends with one table (``diffusion_lab.sweeps``,
+``diffusion_lab.sweep_summary``).
 """
 
 from __future__ import annotations
