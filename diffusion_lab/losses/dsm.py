@@ -124,6 +124,8 @@ class RectifiedFlowLoss(DenoisingScoreMatching):
     """
 
     name = "rectified_flow"
+    #: accepts ``noise=`` (the batches of dataset=pairs)
+    takes_noise = True
 
     def __init__(self, time_sampler: TimeSampler | str | None = None, coupling: str = "independent",
                  coupling_reg: float | None = None, sigma: float = 0.0):
