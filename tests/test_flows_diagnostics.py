@@ -81,3 +81,27 @@ def test_w2_actual_of_the_oracles_own_samples_is_at_the_floor():
     assert w2 < 0.4 and floor < 0.4
     shifted, _ = w2_actual(x + torch.tensor([1.0, 0.0], dtype=torch.float64), data)
     assert shifted == pytest.approx(1.0, abs=0.2)
+
+
+def test_flow_theory_callback_logs_the_gap_and_the_bound_during_training(compose_cfg, tmp_path):
+    import csv
+
+    from conftest import FAST_TRAIN
+    from diffusion_lab.errors import ConfigError
+    from diffusion_lab.train import run
+
+    small = [*FAST_TRAIN, "experiment=gmm_flow_theory", "model.hidden_dim=32", "model.num_layers=1",
+             "trainer.limit_train_batches=6", "callbacks.flow_theory.every_n_steps=3", "callbacks.flow_theory.n=500",
+             "callbacks.flow_theory.n_w2=300", "callbacks.flow_theory.n_t=8", "callbacks.flow_theory.n_lipschitz=50",
+             "evaluation.at_end=false"]
+    run(compose_cfg(small))
+    rows = list(csv.DictReader(open(tmp_path / "theory" / "diagnostics.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 3, 6]
+    consts = {r["gap_constant"] for r in rows}
+    assert len(consts) == 1  # fixed draws: C does not depend on θ
+    for r in rows:
+        assert float(r["gap"]) == pytest.approx(float(r["gap_constant"]) + float(r["cross"]), abs=1e-9)
+        assert float(r["w2_bound"]) >= float(r["w2_bound_one_sided"]) - 1e-12
+    assert float(rows[0]["sm"]) != float(rows[-1]["sm"])  # the weights moved, the gap's constant did not
+    with pytest.raises(ConfigError, match="dataset=gmm"):
+        run(compose_cfg([*small, "dataset=two_moons"]))
