@@ -78,3 +78,16 @@ def test_euler_steps_needed_matches_the_closed_form_euler_error_on_a_rotation():
     assert euler_steps_needed(quality, target) == 16
     assert euler_steps_needed(quality, closed(1) * 1.01) == 1
     assert euler_steps_needed(quality, 1e-9, max_steps=64) is None
+
+
+def test_adaptive_solver_in_t_is_exact_on_the_arc_and_cheap_on_a_straight_flow():
+    from diffusion_lab.flows.straightness import adaptive_endpoint
+
+    omega, zz = 1.5, z(500)
+    x, nfe_curved = adaptive_endpoint(rotation_field(omega), zz, to_zero=False)
+    rot = torch.tensor([[math.cos(omega), math.sin(omega)], [-math.sin(omega), math.cos(omega)]], dtype=torch.float64)
+    torch.testing.assert_close(x, zz @ rot.T, rtol=1e-4, atol=1e-4)
+    m = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    x, nfe_straight = adaptive_endpoint(point_mass_field(m), zz, t_lo=0.05)  # + one Euler step to t = 0
+    torch.testing.assert_close(x, m.expand_as(x), rtol=1e-6, atol=1e-6)  # a straight flow ends exactly at m
+    assert nfe_straight < nfe_curved

@@ -139,3 +139,28 @@ def model_straightness(denoiser, n: int = 1000, steps: int = 64, seed: int = 0, 
     g = torch.Generator().manual_seed(int(seed))
     z = sch.prior_sample((n, *data_shape), generator=g, dtype=torch.float64).to(device)
     return straightness(model_velocity(denoiser), z, steps, float(sch.t_max), float(sch.t_min), per_dim)
+
+
+@torch.no_grad()
+def adaptive_endpoint(velocity: Velocity, z: Tensor, t_hi: float = 1.0, t_lo: float = 0.0, rtol: float = 1e-5,
+                      atol: float = 1e-5, to_zero: bool = True) -> tuple[Tensor, int]:
+    """(x(0), NFE): Dormand–Prince 5(4) (torchdiffeq) on dx/dt = v in t itself from t_hi down to t_lo, as Liu et
+    al. 2023 sample with RK45; then, with ``to_zero`` and t_lo > 0, one Euler step to t = 0. In t a straight
+    flow is constant along each path, so the step-size controller sees its straightness directly (the
+    zoo's ``dopri5`` integrates in λ = log(α/σ), where even straight paths are curved)."""
+    from torchdiffeq import odeint
+
+    nfe = 0
+    B = z.shape[0]
+
+    def rhs(t: Tensor, x: Tensor) -> Tensor:
+        nonlocal nfe
+        nfe += 1
+        return velocity(x, torch.full((B,), float(t), dtype=torch.float64, device=x.device)).to(torch.float64)
+
+    x0 = z.to(torch.float64)
+    ts = torch.tensor([t_hi, t_lo], dtype=torch.float64, device=x0.device)
+    x = odeint(rhs, x0, ts, rtol=rtol, atol=atol, method="dopri5")[-1]
+    if to_zero and t_lo > 0:
+        x = x - t_lo * rhs(torch.tensor(t_lo), x)
+    return x, nfe
