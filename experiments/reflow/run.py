@@ -43,10 +43,11 @@ def compose(config: str, overrides: list[str]):
 def train(run_dir: Path, overrides: list[str]) -> Path:
     from diffusion_lab.train import run
 
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt.is_file():  # rerunning the script reuses finished stages
+    ckpt, done = run_dir / "checkpoints" / "last.ckpt", run_dir / "DONE"
+    if done.is_file():  # rerunning the script reuses finished stages (last.ckpt alone may be mid-run)
         return ckpt
     run(compose("train", [f"run_dir={run_dir}", f"name={run_dir.name}", *QUIET, *overrides]))
+    done.write_text("finished\n")
     return ckpt
 
 
