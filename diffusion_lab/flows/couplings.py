@@ -11,8 +11,8 @@ the fewer Euler steps sampling needs.
   al. 2023, "Improving and generalizing flow-based generative models with minibatch optimal transport",
   OT-CFM): the B × B plan P minimising Σ P_ij ‖x_0^i − ε^j‖² with uniform marginals (POT's ``ot.emd``),
   a permutation matrix for equal batch sizes; each x_0^i is paired with the ε^j of its row.
-* ``sinkhorn``: the entropic plan, min Σ P_ij C_ij − reg·H(P) (Cuturi 2013; POT's ``ot.sinkhorn`` in the
-  log domain); each x_0^i gets ε^j with j ~ P_i· / Σ_j P_ij, drawn from the loss's generator. The cost
+* ``sinkhorn``: the entropic plan, min Σ P_ij C_ij − reg·H(P) (Cuturi 2013; POT's ``ot.sinkhorn``, log-stabilised,
+  method "sinkhorn_stabilized"); each x_0^i gets ε^j with j ~ P_i· / Σ_j P_ij, drawn from the loss's generator. The cost
   C_ij = ‖x_0^i − ε^j‖² is *not* normalised, so ``reg`` is in squared data units.
 * ``schrodinger_bridge``: Tong et al. 2023's SB-CFM: the entropic plan with reg = 2σ² and the Brownian
   bridge path x_t = (1 − t) x_0 + t ε + σ √(t(1 − t)) ξ, ξ ~ N(0, I), whose conditional velocity is
@@ -64,7 +64,7 @@ def transport_plan(x0: Tensor, eps: Tensor, coupling: str, reg: float | None = N
     if coupling == "exact_ot":
         return ot.emd(a, b, C)
     if coupling in ("sinkhorn", "schrodinger_bridge"):
-        return ot.sinkhorn(a, b, C, float(reg), method="sinkhorn_log", numItermax=2000)
+        return ot.sinkhorn(a, b, C, float(reg), method="sinkhorn_stabilized", numItermax=2000, warn=False)
     raise ValueError(f"transport_plan: no plan for coupling {coupling!r}.")
 
 
