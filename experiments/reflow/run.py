@@ -12,7 +12,8 @@ their NFE. The MMD is the unbiased estimate (it can be slightly negative).
 The stages are the same runs as the documented commands (experiment=two_moons_reflow_1 / _2 / _distill,
 python -m diffusion_lab.reflow_pairs ...; see the README), called in-process through the same entry
 functions. Writes outputs under ``--out`` (default outputs/reflow_experiment) and, beside this file,
-RESULTS.md, results.json and one PNG per dataset.
+TABLE.md (the table it prints, with the data-vs-data floors), results.json and one PNG per dataset;
+RESULTS.md quotes them with the discussion. Finished stages (marked DONE) and pair chunks are reused.
 """
 
 from __future__ import annotations
