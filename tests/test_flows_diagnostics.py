@@ -47,9 +47,10 @@ def test_w2_bound_is_exact_for_a_mean_shift_and_above_the_true_w2_otherwise():
     # Grönwall estimate is an equality along the (optimal, translating) synchronous coupling.
     data, shift = gaussian([0.5, -0.5]), torch.tensor([0.6, 0.8], dtype=torch.float64)
     model = oracle_model(gaussian((torch.tensor([0.5, -0.5]) + shift).tolist()))
-    b = w2_bound(model, data, n=200, n_t=200, n_lipschitz=50)
+    b = w2_bound(model, data, n=200, n_t=20, n_lipschitz=50)
     exact = float(shift.norm())  # 1.0
-    assert b.bound_one_sided == pytest.approx(exact, abs=3e-3)  # + prior and early-stop terms ~1e-3
+    # equal up to the prior and early-stop terms (≈ 1.5e-3 here) and the O(dt²) midpoint rule: never below
+    assert exact <= b.bound_one_sided <= exact + 3e-3, b.bound_one_sided
     assert b.bound > 1.2 * exact  # the two-sided Lipschitz constant overestimates the growth
     # velocity error of the mean shift in closed form, and ½g²√J_SM equals it (t/(1−t) for rectified flow)
     t = b.t
