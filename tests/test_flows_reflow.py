@@ -162,3 +162,29 @@ def test_reflow_run_trains_on_pairs_from_the_teacher(teacher, tmp_path, compose_
         PairsDataModule(path=str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="dataset.dim"):
         run(compose_cfg([*FAST_TRAIN, *FLOW, "dataset=pairs", f"dataset.path={out}", "dataset.dim=3"]))
+
+
+def test_image_pairs_train_and_evaluate_against_the_real_digits(compose_cfg, tmp_path):
+    import csv
+
+    from omegaconf import OmegaConf
+
+    from diffusion_lab.denoiser import Denoiser
+    from diffusion_lab.flows.pairs import generate_pairs
+    from diffusion_lab.samplers import Sampler
+    from diffusion_lab.schedules import RectifiedFlowSchedule
+    from diffusion_lab.train import run
+
+    teacher = Denoiser(lambda x, label, **_: -x, RectifiedFlowSchedule(), "velocity")  # any field will do
+    digits = OmegaConf.to_container(compose_cfg(["dataset=digits"]).dataset, resolve=True)
+    generate_pairs(teacher, Sampler("euler", steps=2), tmp_path / "pairs", n=256, shape=(1, 8, 8), chunk_size=128,
+                   progress=False, info={"dataset": digits})
+    res = run(compose_cfg([*FAST_TRAIN, "experiment=digits_reflow_2", f"dataset.path={tmp_path / 'pairs'}",
+                           "ckpt_path=null", "finetune=false", "model.ch=16", "model.num_res_blocks=1",
+                           "dataset.batch_size=64", "evaluation.n=8"]))
+    assert res["trainer"].global_step == 2
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "table.csv")))
+    assert rows[0]["sampler"] == "euler_1" and all(float(r["fid"]) > 0 for r in rows)  # features of the real digits
+    with pytest.raises(ConfigError, match="dataset.channels"):
+        run(compose_cfg([*FAST_TRAIN, "experiment=digits_reflow_2", f"dataset.path={tmp_path / 'pairs'}",
+                         "ckpt_path=null", "finetune=false", "dataset.channels=3"]))

@@ -43,7 +43,8 @@ class PairsDataModule(DiffusionDataModule):
     num_classes = None
 
     def __init__(self, path: str, reference: dict | None = None, batch_size: int = 256, seed: int = 0,
-                 num_workers: int = 0, dim: int | None = None):
+                 num_workers: int = 0, dim: int | None = None, channels: int | None = None,
+                 image_size: int | None = None):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.path = str(path)
         manifest = read_manifest(self.path)
@@ -61,9 +62,21 @@ class PairsDataModule(DiffusionDataModule):
         if dim is not None and len(self.data_shape) == 1 and int(dim) != self.data_shape[0]:
             raise ValueError(f"dataset.dim={dim} but the pairs at {path} are {self.data_shape[0]}-dimensional; set "
                              f"dataset.dim={self.data_shape[0]} (the model's in_dim reads it).")
+        if len(self.data_shape) == 3:
+            c, h, _ = self.data_shape
+            if (channels is not None and int(channels) != c) or (image_size is not None and int(image_size) != h):
+                raise ValueError(f"dataset.channels={channels}, dataset.image_size={image_size} but the pairs at {path} are "
+                                 f"images of shape {self.data_shape}; set them to {c} and {h} (the model reads them).")
+        self.channels = self.data_shape[0] if len(self.data_shape) == 3 else None
+        self.image_size = self.data_shape[1] if len(self.data_shape) == 3 else None
         self.mixture = getattr(self.reference, "mixture", None)
         self.value_range = getattr(self.reference, "value_range", None)
         self.eval_tf = getattr(self.reference, "eval_tf", None)
+
+    @property
+    def evaluation_data(self) -> DiffusionDataModule:
+        """The real data the evaluation compares against (its feature classifier and statistics): the reference."""
+        return self.reference
 
     def _load(self):
         noise, sample, _ = load_pairs(self.path)
