@@ -587,6 +587,7 @@ SETUPS = {  # config -> (schedule, parameterization, overrides)
     "score_matching": (VPLinearSchedule(), "score", {}),
     "sliced_score_matching": (VPLinearSchedule(), "eps", {}),
     "rectified_flow": (RectifiedFlowSchedule(), "velocity", {}),
+    "rectified_flow_distill": (RectifiedFlowSchedule(), "velocity", {}),
 }
 
 
@@ -601,6 +602,7 @@ def test_every_loss_config_instantiates():
     assert isinstance(built["hybrid"], HybridLoss) and built["hybrid"].vlb_weight == 0.001 and built["hybrid"].learned_variance
     assert built["dsm_min_snr"].min_snr_gamma == 5.0
     assert isinstance(built["rectified_flow"], RectifiedFlowLoss) and built["rectified_flow"].weighting == "velocity"
+    assert built["rectified_flow"].coupling == "independent" and built["rectified_flow_distill"].time_sampler.steps == 1
     assert isinstance(built["sliced_score_matching"], SlicedScoreMatching) and isinstance(built["score_matching"], ScoreMatching)
 
 

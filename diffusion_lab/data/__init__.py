@@ -5,8 +5,10 @@ from diffusion_lab.data.base import DiffusionDataModule, ImageTransform
 from diffusion_lab.data.resumable import EpochSeededSampler, ResumableDataLoader
 from diffusion_lab.data.digits import DigitsDataModule
 from diffusion_lab.data.images import CelebADataModule, ImageFolderDataModule, TorchvisionDataModule
+from diffusion_lab.data.pairs import PairsDataModule, PairsDataset
 from diffusion_lab.data.toy import TOY_SETS, GaussianMixtureDataModule, ToyDataModule, make_toy
 
 __all__ = ["DiffusionDataModule", "EpochSeededSampler", "ResumableDataLoader", "ImageTransform", "DigitsDataModule",
            "TorchvisionDataModule",
-           "CelebADataModule", "ImageFolderDataModule", "ToyDataModule", "GaussianMixtureDataModule", "TOY_SETS", "make_toy"]
+           "CelebADataModule", "ImageFolderDataModule", "ToyDataModule", "GaussianMixtureDataModule", "TOY_SETS", "make_toy",
+           "PairsDataModule", "PairsDataset"]

@@ -48,7 +48,9 @@ class EvaluationCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         barrier = trainer.strategy.barrier if trainer.world_size > 1 else None
-        self.evaluator.prepare(trainer.datamodule, pl_module.data_shape, pl_module.device, trainer.global_rank, barrier)
+        # a datamodule whose training items are not the data (reflow pairs) names the real data: ``evaluation_data``
+        data = getattr(trainer.datamodule, "evaluation_data", None) or trainer.datamodule
+        self.evaluator.prepare(data, pl_module.data_shape, pl_module.device, trainer.global_rank, barrier)
         if trainer.global_rank != 0:
             return
         for lg in trainer.loggers:  # W&B: summaries (min FID, ...) for this run's curves

@@ -92,6 +92,8 @@ class DiffusionModule(pl.LightningModule):
     def _images(self, batch: Any) -> tuple[Tensor, dict]:
         """(x0, network kwargs): class labels go to the network only when it is class-conditional."""
         kwargs: dict = {}
+        if isinstance(batch, dict):  # reflow pairs (dataset=pairs): the data and its coupled noise (``_noise``)
+            batch = (batch["x0"],)
         if isinstance(batch, (tuple, list)):
             x0 = batch[0]
             if len(batch) > 1 and getattr(self.net, "num_classes", None):
@@ -101,6 +103,15 @@ class DiffusionModule(pl.LightningModule):
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         return x0, kwargs
+
+    def _noise(self, batch: Any) -> dict:
+        """``{"noise": z}`` for a batch of reflow pairs (the loss uses z instead of fresh noise), else {}."""
+        if isinstance(batch, dict) and batch.get("noise") is not None:
+            if not getattr(self.loss, "takes_noise", False):
+                raise ValueError(f"dataset=pairs gives coupled noise, which only loss=rectified_flow uses; "
+                                 f"{type(self.loss).__name__} would ignore it.")
+            return {"noise": batch["noise"]}
+        return {}
 
     @property
     def noise_generator(self) -> torch.Generator:
@@ -112,7 +123,7 @@ class DiffusionModule(pl.LightningModule):
         x0, net_kwargs = self._images(batch)
         if self.p_uncond > 0 and "class_labels" in net_kwargs:
             net_kwargs["class_labels"] = drop_labels(net_kwargs["class_labels"], self.p_uncond, self.noise_generator)
-        out = self.loss(self.train_model, x0, generator=self.noise_generator, net_kwargs=net_kwargs)
+        out = self.loss(self.train_model, x0, generator=self.noise_generator, net_kwargs=net_kwargs, **self._noise(batch))
         self._step_images += x0.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         for k, v in out.logs.items():
@@ -136,7 +147,8 @@ class DiffusionModule(pl.LightningModule):
         was_training = self.net.training
         self.net.eval()
         try:
-            return self.loss(self.denoiser(use_ema=False), x0, generator=generator, net_kwargs=net_kwargs).loss
+            return self.loss(self.denoiser(use_ema=False), x0, generator=generator, net_kwargs=net_kwargs,
+                             **self._noise(batch)).loss
         finally:
             self.net.train(was_training)
 

@@ -14,7 +14,9 @@ independent of θ (Vincent 2011): the minimiser is the true score ∇ log p_t.
 
 ``RectifiedFlowLoss`` is the same loss with the velocity-space MSE, ‖û − (ε − x_0)‖² on the
 linear path α = 1 − t, σ = t (Liu et al. 2023, "Flow Straight and Fast"; their x_0 − ε with noise
-at t = 0, the sign flips with the time direction).
+at t = 0, the sign flips with the time direction). Its ``coupling`` pairs noise and data within the
+minibatch (independent, exact OT, Sinkhorn, Schrödinger bridge: ``diffusion_lab.flows.couplings``), and
+a ``noise`` argument takes the noise of a given coupling instead (reflow on generated pairs).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion_lab.losses.base import Loss, LossOutput, mean_flat, schedule_name
+from diffusion_lab.losses.base import Loss, LossOutput, gaussian_noise, mean_flat, schedule_name
 from diffusion_lab.losses.time_sampling import TimeSampler
 from diffusion_lab.losses.weighting import WEIGHTINGS, param_space, target_multiplier
 from diffusion_lab.parameterization import Parameterization
@@ -106,13 +108,34 @@ class RectifiedFlowLoss(DenoisingScoreMatching):
     """‖û − (ε − x_0)‖² (per dim) on the rectified-flow path α = 1 − t, σ = t (Liu et al. 2023):
     DSM with the velocity-space MSE, for any parameterization (plain MSE for ``velocity``).
 
+    Args:
+        coupling: how the minibatch's noise is paired with its data (``flows.couplings.COUPLINGS``):
+            "independent" (as drawn), "exact_ot", "sinkhorn", "schrodinger_bridge" (Tong et al. 2023).
+        coupling_reg: the entropic regularisation of "sinkhorn" (squared data units; the cost is not
+            normalised); "schrodinger_bridge" uses 2σ².
+        sigma: the bridge noise σ of "schrodinger_bridge": x_t gains σ √(t(1 − t)) ξ and the target its
+            derivative (velocity parameterization only).
+
+    ``loss(model, x0, noise=z)`` uses the given noise z (shape of x0), pair i with pair i, instead of
+    drawing it: the reflow of Liu et al. 2023 (their (Z_0, Z_1) = our (z, x0)), and distillation with a
+    ``time_sampler`` on the k-step grid (``flows.distill``).
+
     For the velocity MSE on other paths use ``DenoisingScoreMatching(weighting="velocity")``.
     """
 
     name = "rectified_flow"
+    #: accepts ``noise=`` (the batches of dataset=pairs)
+    takes_noise = True
 
-    def __init__(self, time_sampler: TimeSampler | str | None = None):
+    def __init__(self, time_sampler: TimeSampler | str | None = None, coupling: str = "independent",
+                 coupling_reg: float | None = None, sigma: float = 0.0):
         super().__init__(weighting="velocity", time_sampler=time_sampler)
+        from diffusion_lab.flows.couplings import check_coupling
+
+        sigma = float(sigma or 0.0)
+        check_coupling(coupling, coupling_reg, sigma)
+        self.coupling, self.sigma = coupling, sigma
+        self.coupling_reg = float(coupling_reg) if coupling_reg is not None else None
 
     def validate(self, schedule: Schedule, parameterization: Parameterization) -> None:
         super().validate(schedule, parameterization)
@@ -122,6 +145,44 @@ class RectifiedFlowLoss(DenoisingScoreMatching):
                 f"loss=rectified_flow needs the linear path α=1−t, σ=t (schedule=rectified_flow); "
                 f"{schedule_name(schedule)} is not it (for the velocity MSE on other paths use loss.weighting=velocity with loss=dsm)."
             )
+        if self.coupling == "schrodinger_bridge" and parameterization.kind != "velocity":
+            raise ValueError(f"loss.coupling=schrodinger_bridge regresses the bridge's velocity, which needs "
+                             f"parameterization=velocity (got {parameterization.kind}).")
+
+    def __call__(self, model, x0, *, generator=None, net_kwargs=None, noise: Tensor | None = None) -> LossOutput:
+        from diffusion_lab.flows import couplings
+
+        self._check(model)
+        schedule, parameterization = model.schedule, model.parameterization
+        dtype = x0.dtype if x0.is_floating_point() else torch.float32
+        t, w = self.time_sampler.sample(x0.shape[0], schedule, device=x0.device, dtype=dtype, generator=generator)
+        if noise is not None:
+            if self.coupling != "independent":
+                raise ValueError(f"loss.coupling={self.coupling} re-pairs fresh noise, but the batches carry their own "
+                                 "(dataset=pairs: reflow keeps pair i with pair i); set loss.coupling=independent.")
+            if noise.shape != x0.shape:
+                raise ValueError(f"the batch's noise has shape {tuple(noise.shape)} but its data {tuple(x0.shape)}; "
+                                 "the pairs must have the data's shape.")
+            eps = noise.to(device=x0.device, dtype=x0.dtype)
+        else:
+            eps = gaussian_noise(x0, generator)
+            if self.coupling != "independent":
+                reg = couplings.bridge_reg(self.sigma) if self.coupling == "schrodinger_bridge" else self.coupling_reg
+                eps = couplings.couple(x0, eps, self.coupling, reg, generator)
+        x_t = schedule.add_noise(x0, eps, t)
+        if self.coupling == "schrodinger_bridge":
+            xi = gaussian_noise(x0, generator)
+            tb = t.reshape(-1, *([1] * (x0.dim() - 1)))
+            x_t = x_t + couplings.bridge_std(tb, self.sigma) * xi
+        out = model.output(x_t, t, **(net_kwargs or {}))
+        if self.coupling == "schrodinger_bridge":
+            target = (eps - x0) + couplings.bridge_velocity_noise(tb, self.sigma) * xi
+            dt = torch.promote_types(out.prediction.dtype, target.dtype)
+            per_sample = mean_flat((out.prediction.to(dt) - target.to(dt)) ** 2)
+        else:
+            per_sample = self.regression(out.prediction, x0, eps, t, schedule, parameterization)
+        return self._finish(per_sample, w, t, {})
 
     def __repr__(self) -> str:
-        return f"RectifiedFlowLoss(time_sampler={self.time_sampler!r})"
+        extra = "" if self.coupling == "independent" else f", coupling={self.coupling!r}"
+        return f"RectifiedFlowLoss(time_sampler={self.time_sampler!r}{extra})"
