@@ -4,6 +4,7 @@ classifier used as FID feature network on MNIST-like data."""
 
 from diffusion_lab.nets.classifier import FeatureClassifier, NoiseConditionalClassifier
 from diffusion_lab.nets.mlp import MLP
+from diffusion_lab.nets.poisson import PoissonFieldNetwork
 from diffusion_lab.nets.unet import UNet, count_parameters
 
-__all__ = ["FeatureClassifier", "MLP", "NoiseConditionalClassifier", "UNet", "count_parameters"]
+__all__ = ["FeatureClassifier", "MLP", "PoissonFieldNetwork", "NoiseConditionalClassifier", "UNet", "count_parameters"]
