@@ -12,7 +12,7 @@ So for mixture data p_0 = Σ_k π_k N(μ_k, Σ_k), given W the noisy law is the 
 
 with x̂_0^{s} the Gaussian oracle's Tweedie denoiser at noise s. The expectation over W is one
 dimensional: the trapezoid rule in v = log W (spectrally accurate for a smooth integrand that decays
-at both ends) on [log F⁻¹(10⁻³⁰), log F⁻¹(1 − 10⁻¹⁶)] of χ²_D, with weights ∝ p_{χ²_D}(W)·W. The low end
+at both ends) on [log F⁻¹(tail), log F⁻¹(1 − 10⁻¹⁶)] of χ²_D (tail = 10⁻³⁰ by default), with weights ∝ p_{χ²_D}(W)·W. The low end
 matters: far from the data (‖x − αμ‖ ≫ σ) the posterior of W sits near (D + N)/(1 + ‖x − αμ‖²/(σ²D)),
 deep in the prior's left tail, which quadrature in the probability variable F(W) would miss. The tests check this against direct
 quadrature of ∫ y p_0(y) k(x − y) dy / ∫ p_0(y) k(x − y) dy with the kernel k ∝ (‖x − y‖² + r²)^{−(N+D)/2}
@@ -38,12 +38,13 @@ class PFGMPPMixtureOracle:
         mixture: the data p_0.
         D: degrees of freedom (PFGM++'s augmentation dimension); None: Gaussian noise (the mixture's own oracle).
         nodes: trapezoid nodes over log W.
+        tail: the χ²_D quantile where the grid starts (10⁻³⁰: x up to ~10¹⁵ σ/√D from the data is exact).
     """
 
-    def __init__(self, mixture: GaussianMixture, D: float | None, nodes: int = 1024):
+    def __init__(self, mixture: GaussianMixture, D: float | None, nodes: int = 1024, tail: float = 1e-30):
         self.mixture, self.D = mixture, (None if D is None else float(D))
         if self.D is not None:
-            lo, hi = np.log(chi2.ppf(1e-30, self.D)), np.log(chi2.isf(1e-16, self.D))
+            lo, hi = np.log(chi2.ppf(tail, self.D)), np.log(chi2.isf(1e-16, self.D))
             v = np.linspace(lo, hi, int(nodes))
             self.W = torch.as_tensor(np.exp(v), dtype=torch.float64)
             self.log_w = torch.as_tensor(chi2.logpdf(np.exp(v), self.D) + v, dtype=torch.float64)
