@@ -188,3 +188,48 @@ def test_quantize_round_trip_and_the_discrete_loss_is_the_cross_entropy():
     x0 = torch.randint(0, 4, (16, 6), generator=gen(2))
     uniform_logits = lambda x_t, t: torch.zeros(*x_t.shape, 4)  # noqa: E731
     assert float(forward_loss(p, uniform_logits, x0, gen(3))) == pytest.approx(math.log(4), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("experiment", ["blur_digits", "mask_digits", "mask_gmm"])
+def test_forward_process_experiments_compose_build_train_and_evaluate(compose_cfg, experiment):
+    from conftest import FAST_TRAIN, SMALL_UNET
+
+    from diffusion_lab.forward import ForwardProcessSchedule
+    from diffusion_lab.train import run
+
+    small = SMALL_UNET if experiment.endswith("digits") else ["model.hidden_dim=32", "model.num_layers=1"]
+    out = run(compose_cfg([f"experiment={experiment}", *FAST_TRAIN, *small, "evaluation.n=8", "evaluation.metrics=[]",
+                           "sampler.steps=4"]))
+    assert out["trainer"].global_step == 2
+    assert isinstance(out["parts"].schedule, ForwardProcessSchedule)
+
+
+def test_forward_process_schedule_refuses_the_ode_samplers_and_gaussian_losses(build_run):
+    from diffusion_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sampler=heun integrates a Gaussian model"):
+        build_run(["experiment=blur_digits", "sampler=heun"])
+    with pytest.raises(ConfigError, match="loss=forward_mse needs a forward-process schedule"):
+        build_run(["experiment=blur_digits", "schedule=vp"])
+
+
+def test_forward_process_sampler_on_a_gaussian_schedule_is_ddim():
+    schedule = DDPMLinearSchedule()
+    m = GaussianMixture.random(2, 3, seed=0)
+    param = Parameterization("eps")
+    den = Denoiser(m.network(schedule, param), schedule, param)
+    x_T = schedule.prior_sample((32, 2), gen(0), torch.float64)
+    ours = Sampler("forward_process", steps=10)(den, x_T=x_T, progress=False)
+    grid = uniform_grid(10)
+    ddim = sample_continuous(GaussianProcess(schedule), lambda x, t: den(x, t).x0, x_T, grid, "corrected")
+    assert ours.nfe == 10 and torch.allclose(ours.x, ddim, atol=1e-12)
+
+
+def test_blur_prior_is_a_flat_image_of_the_data_mean_colour():
+    from diffusion_lab.forward import ForwardProcessSchedule
+
+    s = ForwardProcessSchedule("blur", [1, 8, 8], delta=0.0, prior_mean=-0.4, prior_std=0.05)
+    x = s.prior_sample((4000, 1, 8, 8), gen(0), torch.float64)
+    assert torch.allclose(x, x[:, :, :1, :1].expand_as(x))  # flat
+    assert abs(float(x[:, 0, 0, 0].mean()) + 0.4) < 0.005 and abs(float(x[:, 0, 0, 0].std()) - 0.05) < 0.005

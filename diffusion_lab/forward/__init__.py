@@ -4,6 +4,8 @@ diffusion: Bansal et al. 2023, Cold Diffusion; Rissanen et al. 2023; Austin et a
 * ``additive``: F_t = D_t(x_0) + σ_t ε — the Gaussian schedules (``GaussianProcess``), heat-dissipation
   blur (``HeatBlurProcess``), progressive masking (``MaskProcess``);
 * ``discrete``: absorbing-state and uniform corruption of quantised data (``DiscreteCorruption``);
+* ``schedule``: a continuous process as a schedule (``schedule=blur`` / ``mask``), trained by
+  ``losses.ForwardProcessLoss`` and sampled by the zoo's ``forward_process`` sampler;
 * ``sampling``: the x̂_0-then-step sampler (naive, cold-diffusion corrected, posterior) and the loss
   −log q(x_0 | x_t) (MSE / cross-entropy).
 
@@ -14,8 +16,9 @@ The Gaussian ε of PFGM++ (Student-t) is a noise distribution of the schedules i
 from diffusion_lab.forward.additive import (UPDATES, AdditiveProcess, GaussianProcess, HeatBlurProcess, MaskProcess,
                                             dct_matrix)
 from diffusion_lab.forward.discrete import DiscreteCorruption, dequantize, quantize
+from diffusion_lab.forward.schedule import ForwardProcessSchedule
 from diffusion_lab.forward.sampling import forward_loss, sample_continuous, sample_discrete, uniform_grid
 
 __all__ = ["UPDATES", "AdditiveProcess", "GaussianProcess", "HeatBlurProcess", "MaskProcess", "dct_matrix",
            "DiscreteCorruption", "quantize", "dequantize", "forward_loss", "sample_continuous", "sample_discrete",
-           "uniform_grid"]
+           "uniform_grid", "ForwardProcessSchedule"]
