@@ -1,4 +1,4 @@
-"""EDM vs PFGM++ (D = 128, 2048) vs PFGM vs heat blur vs masking on the 8x8 digits, same budget, through the
+"""EDM vs PFGM++ (D = 4, 32, 128) vs PFGM vs heat blur vs masking on the 8x8 digits, same budget, through the
 project's own entry point (so each row is one command), FID on the digit classifier's features at 5–35 NFE.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python experiments/pfgm_compare/digits.py [--steps 600] [--n 1000]
@@ -23,12 +23,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
-MODELS = {
+MODELS = {  # in the order they run; D/N matters in PFGM++ (N = 64 here): CIFAR-10's D = 128 and 2048 are D/N ≈ 0.04 and 0.67
     "EDM (D=∞)": ["experiment=pfgmpp_digits", "noise=gaussian", "evaluation=nfe_sweep"],
     "PFGM++ D=128": ["experiment=pfgmpp_digits", "noise.D=128", "evaluation=nfe_sweep"],
-    "PFGM++ D=2048": ["experiment=pfgmpp_digits", "noise.D=2048", "evaluation=nfe_sweep"],
+    "PFGM++ D=4": ["experiment=pfgmpp_digits", "noise.D=4", "evaluation=nfe_sweep"],
     "PFGM": ["experiment=pfgm_digits", "evaluation=nfe_sweep"],
     "heat blur": ["experiment=blur_digits", "evaluation=forward_nfe_sweep"],
+    "PFGM++ D=32": ["experiment=pfgmpp_digits", "noise.D=32", "evaluation=nfe_sweep"],
     "masking": ["experiment=mask_digits", "evaluation=forward_nfe_sweep"],
 }
 
