@@ -145,7 +145,7 @@ def test_oracle_at_d_infinity_is_the_gaussian_oracle():
     assert torch.allclose(PFGMPPMixtureOracle(m, 1e7).x0(x, t, sch), m.predict(x, t, sch).x0, atol=1e-4)
 
 
-@pytest.mark.parametrize("D", [8.0, 128.0, None])
+@pytest.mark.parametrize("D", [1.0, 8.0, 128.0, None])
 def test_heun_from_the_exact_oracle_samples_the_data(D):
     """EDM Heun (18 steps, 35 NFE), unchanged, from the radial prior with the exact PFGM++ denoiser lands on the data."""
     m = GaussianMixture.random(2, 3, seed=1)
