@@ -82,6 +82,9 @@ def write(tables: dict, commands: dict, args) -> None:
             if int(r["step"]) == last:
                 lines.append(f"| {name} | {r['sampler']} | {float(r['nfe']):.0f} | {float(r['fid']):.2f} | "
                              f"{float(r['kid']):.3g} |")
+    reading = HERE / "reading_digits.md"
+    if reading.is_file():
+        lines += ["", reading.read_text()]
     (HERE / "RESULTS_digits.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
