@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def write(tables: dict, commands: dict, args) -> None:
-    lines = ["# EDM vs PFGM++ vs PFGM vs heat blur vs masking on the 8x8 digits", "",
+    lines = ["# EDM vs PFGM++ vs PFGM vs heat blur on the 8x8 digits", "",
              f"Every model: the digits UNet (1.08M parameters; PFGM's with one extra output channel), {args.steps} "
              "optimizer steps (a few CPU minutes each on a shared 2-core machine), EMA weights, evaluated once at the "
              f"end on {args.n} samples from the same seeded noise; FID on the features of the digit classifier the "
