@@ -132,6 +132,11 @@ def check_sampler(sampler: Any, schedule: Any, parameterization: Any, key: str =
             f"{key}={sampler.name} needs the score, but parameterization={parameterization.kind} cannot give one; "
             "choose an ODE sampler."
         )
+    if getattr(schedule, "process", None) is not None and sampler.name != "forward_process":
+        raise ConfigError(f"{key}={sampler.name} integrates a Gaussian model, but schedule={type(schedule).__name__} is a "
+                          "general forward process; use sampler=forward_process.")
+    if hasattr(sampler, "check_noise"):
+        sampler.check_noise(schedule, key)  # PFGM++ noise: ODE samplers only
     if sampler.grid in ("linspace", "leading", "trailing") and getattr(schedule, "num_timesteps", None) is None:
         raise ConfigError(
             f"{key}.grid={sampler.grid} needs a discrete schedule, but schedule={type(schedule).__name__} is "

@@ -96,6 +96,8 @@ def build_parts(cfg: DictConfig, choices: dict[str, str] | None = None) -> Parts
     check_config(cfg, choices or hydra_choices())
     datamodule = instantiate_group(cfg, "dataset")
     schedule = instantiate_group(cfg, "schedule")
+    if cfg.get("noise") is not None:  # conf/noise: the schedule's ε (PFGM++); absent = Gaussian
+        schedule = schedule.with_noise(instantiate_group(cfg, "noise"))
     parameterization = instantiate_group(cfg, "parameterization")
     loss = instantiate_group(cfg, "loss")
     net = instantiate_group(cfg, "model")
@@ -183,7 +185,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 #: the groups a resumed run must share with its checkpoint (the model the weights belong to)
-RESUME_GROUPS = ("model", "schedule", "parameterization", "loss")
+RESUME_GROUPS = ("model", "schedule", "noise", "parameterization", "loss")
 
 
 def prepare_resume(cfg: DictConfig, module: DiffusionModule) -> str | None:

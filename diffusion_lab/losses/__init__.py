@@ -9,11 +9,15 @@ parameterization)``, ``state_dict``. Configs live in ``conf/loss/``.
 * ``RectifiedFlowLoss``: the velocity MSE on the linear path (DSM with weighting "velocity").
 * ``VariationalBoundLoss``, ``HybridLoss``, ``variational_bound`` (``vlb``): improved DDPM.
 * ``ScoreMatching``, ``SlicedScoreMatching`` (``score_matching``): Hyvärinen 2005, Song et al. 2019.
+* ``PoissonFieldLoss`` (``poisson_field``): PFGM's normalised empirical Poisson field (Xu et al. 2022).
+* ``ForwardProcessLoss`` (``forward_process``): x̂0 MSE of a general forward process (blur, masking).
 * Time samplers (``time_sampling``): ``UniformTime``, ``LogNormalTime``, ``ImportanceTime``, ``FixedTime``.
 """
 
 from diffusion_lab.losses.base import Loss, LossOutput
 from diffusion_lab.losses.dsm import DenoisingScoreMatching, RectifiedFlowLoss
+from diffusion_lab.losses.forward_process import ForwardProcessLoss
+from diffusion_lab.losses.poisson_field import PoissonFieldLoss
 from diffusion_lab.losses.score_matching import ScoreMatching, SlicedScoreMatching
 from diffusion_lab.losses.time_sampling import (
     TIME_SAMPLERS,
@@ -29,7 +33,7 @@ from diffusion_lab.losses.weighting import WEIGHTINGS, space_factor2, target_mul
 
 __all__ = [
     "Loss", "LossOutput",
-    "DenoisingScoreMatching", "RectifiedFlowLoss",
+    "DenoisingScoreMatching", "RectifiedFlowLoss", "PoissonFieldLoss", "ForwardProcessLoss",
     "VariationalBoundLoss", "HybridLoss", "VariationalBound", "variational_bound",
     "ScoreMatching", "SlicedScoreMatching",
     "TimeSampler", "UniformTime", "LogNormalTime", "ImportanceTime", "FixedTime", "TIME_SAMPLERS", "make_time_sampler",

@@ -4,12 +4,16 @@
 
 where ``model`` is the model adapter (``diffusion_lab.denoiser.Denoiser``: network, schedule,
 parameterization, learned variance), draws t with the loss's time sampler (``time_sampling``),
-ε ~ N(0, I), forms x_t = α(t) x_0 + σ(t) ε (data at t=0, see ``schedules.base``), takes the network's
+ε ~ q(ε) (the schedule's noise, ``diffusion_lab.noise``: N(0, I) unless a config chose PFGM++'s),
+forms x_t = α(t) x_0 + σ(t) ε (data at t=0, see ``schedules.base``), takes the network's
 raw output ``model.output(x_t, t)`` (or its reading ``model.read``) and scores it.
 ``LossOutput.loss`` is the mean over the batch of (importance weight) × (per-sample loss).
 
 ``learned_variance``: the loss trains variances, so the model must have them (the adapter splits
 the network's 2C channels; Nichol & Dhariwal 2021, Eq. 15).
+
+``gaussian_only``: the loss is only valid for Gaussian ε (the variational bound's Gaussian posteriors,
+score matching's Tweedie reading of the score); ``validate`` refuses other noise.
 
 ``validate(schedule, parameterization)`` raises ValueError with one sentence naming the offending
 config keys; it runs once automatically on the first call. ``state_dict`` holds plain tensors and
@@ -27,6 +31,7 @@ from torch import Tensor
 
 from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.losses.time_sampling import TimeSampler, make_time_sampler
+from diffusion_lab.noise import check_gaussian
 from diffusion_lab.parameterization import Parameterization
 from diffusion_lab.schedules.base import Schedule
 
@@ -63,6 +68,8 @@ class Loss:
     name: str = "loss"
     #: the network must output 2C channels (prediction, then variance interpolation in [-1, 1])
     learned_variance: bool = False
+    #: valid only for Gaussian noise ε ~ N(0, I)
+    gaussian_only: bool = False
 
     def __init__(self, time_sampler: TimeSampler | str | None = None, default_time_sampler: str = "uniform"):
         self.time_sampler = make_time_sampler(time_sampler, default_time_sampler)
@@ -76,6 +83,8 @@ class Loss:
     def validate(self, schedule: Schedule, parameterization: Parameterization) -> None:
         """Raise ValueError (one sentence naming the config keys) for incompatible choices."""
         self.time_sampler.validate(schedule, f"loss={self.name}")
+        if self.gaussian_only:
+            check_gaussian(schedule.noise, self.name, key="loss", fix="use loss=edm or another denoising loss")
 
     def state_dict(self) -> dict:
         return {"time_sampler": self.time_sampler.state_dict()}
@@ -98,7 +107,7 @@ class Loss:
         """(t, importance weight, ε, x_t)."""
         dtype = x0.dtype if x0.is_floating_point() else torch.float32
         t, w = self.time_sampler.sample(x0.shape[0], schedule, device=x0.device, dtype=dtype, generator=generator)
-        eps = gaussian_noise(x0, generator)
+        eps = schedule.noise.sample_like(x0, generator)
         x_t = schedule.add_noise(x0, eps, t)
         return t, w, eps, x_t
 

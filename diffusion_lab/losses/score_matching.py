@@ -36,6 +36,8 @@ PROJECTIONS = ("rademacher", "gaussian")
 class _ScoreObjective(Loss):
     """Shared: draw x_t, read the network as a score with x_t requiring grad, apply the weighting."""
 
+    gaussian_only = True  # the adapter reads x̂0 from the score by Tweedie's formula: Gaussian noise only
+
     def __init__(self, weighting: str, time_sampler: TimeSampler | str | None, min_snr_gamma: float, sigma_data: float | None):
         super().__init__(time_sampler)
         if weighting not in WEIGHTINGS:

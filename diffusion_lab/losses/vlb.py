@@ -52,6 +52,7 @@ from torch import Tensor
 
 from diffusion_lab.denoiser import Denoiser, NetOutput
 from diffusion_lab.losses.base import Loss, LossOutput, gaussian_noise, mean_flat, schedule_name
+from diffusion_lab.noise import check_gaussian
 from diffusion_lab.losses.dsm import DenoisingScoreMatching
 from diffusion_lab.losses.time_sampling import TimeSampler, grid_index, is_discrete
 from diffusion_lab.parameterization import Parameterization
@@ -196,6 +197,7 @@ class VariationalBoundLoss(Loss):
     """
 
     name = "vlb"
+    gaussian_only = True
 
     def __init__(self, variance: str = "learned", decoder: str = "discretized", time_sampler: TimeSampler | str | None = None):
         super().__init__(time_sampler, default_time_sampler="importance")
@@ -237,6 +239,7 @@ class HybridLoss(Loss):
     """
 
     name = "hybrid"
+    gaussian_only = True
     learned_variance = True
 
     def __init__(
@@ -258,6 +261,7 @@ class HybridLoss(Loss):
     def validate(self, schedule: Schedule, parameterization: Parameterization) -> None:
         _validate_discrete(self.name, schedule, "(learned variances)")
         self.simple.validate(schedule, parameterization)
+        check_gaussian(schedule.noise, self.name, key="loss", fix="use loss=edm or another denoising loss")
 
     def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
         self._check(model)

@@ -5,6 +5,8 @@ classifier used as FID feature network on MNIST-like data."""
 from diffusion_lab.nets.diffusers_unet import DiffusersUNet
 from diffusion_lab.nets.classifier import FeatureClassifier, NoiseConditionalClassifier
 from diffusion_lab.nets.mlp import MLP
+from diffusion_lab.nets.poisson import PoissonFieldNetwork
 from diffusion_lab.nets.unet import UNet, count_parameters
 
-__all__ = ["DiffusersUNet", "FeatureClassifier", "MLP", "NoiseConditionalClassifier", "UNet", "count_parameters"]
+__all__ = ["DiffusersUNet", "FeatureClassifier", "MLP", "NoiseConditionalClassifier", "PoissonFieldNetwork", "UNet",
+           "count_parameters"]

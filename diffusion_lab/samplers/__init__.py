@@ -12,6 +12,7 @@ from diffusion_lab.samplers import (  # noqa: F401  (each family module register
     dpm_solver,
     dpm_solver_pp,
     edm_stochastic,
+    forward_process,
     langevin,
     lms,
     pf_ode,

@@ -13,7 +13,9 @@ which ``grid="auto"`` (the default of ``Sampler`` and of ``conf/sampler/*.yaml``
 samplers' defaults were chosen by measurement (``defaults``; ``experiments/sampler_accuracy/defaults.py``).
 
 ``Sampler`` is the configurable object that Hydra builds (``conf/sampler/*.yaml``): it draws the
-prior, builds the grid, runs the function and reports the NFE the denoiser actually counted.
+prior, builds the grid, runs the function and reports the NFE the denoiser actually counted. The prior
+is the schedule's (``Schedule.prior_sample``: σ(t_max) ε with the schedule's noise, PFGM++'s radial
+prior included); samplers that add Gaussian noise or read the score refuse non-Gaussian noise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion_lab.denoiser import DenoiserLike
+from diffusion_lab.noise import check_gaussian
 from diffusion_lab.samplers.grids import AUTO, FAMILIES, GRIDS, resolve_spacing, schedule_family, time_grid
 
 SamplerFn = Callable[..., Tensor]
@@ -124,6 +127,18 @@ class Sampler:
         """"SDE" for stochastic samplers, "ODE" for deterministic ones."""
         return "SDE" if self.spec.stochastic else "ODE"
 
+    @property
+    def needs_gaussian(self) -> bool:
+        """Whether it adds Gaussian noise or reads the score (SDE, ancestral, Langevin, churn, DDIM with η > 0):
+        valid for Gaussian noise only (``diffusion_lab.noise``)."""
+        return self.spec.stochastic or self.spec.needs_score or float(self.options.get("eta", 0.0) or 0.0) > 0
+
+    def check_noise(self, schedule, key: str = "sampler") -> None:
+        """ConfigError when this sampler needs Gaussian noise and the schedule's noise is not."""
+        noise = getattr(schedule, "noise", None)
+        if noise is not None and self.needs_gaussian:
+            check_gaussian(noise, self.name, key)
+
     def spacing(self, schedule) -> str:
         """The concrete spacing this sampler uses on ``schedule`` ("auto" resolved)."""
         return resolve_spacing(schedule, self.grid, self.spec.grids)
@@ -143,6 +158,7 @@ class Sampler:
                  progress: bool = True) -> SampleResult:
         """Draw x_T from the prior (or take ``x_T``), run the sampler in float64, return the samples."""
         schedule = denoiser.schedule
+        self.check_noise(schedule)
         if x_T is None:
             if shape is None:
                 raise ValueError("Sampler needs a shape or an initial x_T.")

@@ -6,6 +6,7 @@ derived from it. See ``base`` for the interface and each module for its paper an
     SubVPSchedule                                 score SDE's sub-VP
     VESchedule, EDMSchedule                       α = 1 (NCSN / score SDE VE; Karras et al. 2022)
     RectifiedFlowSchedule                         α = 1 − t, σ = t
+    PoissonFlowSchedule                           PFGM's z axis as σ = z (Xu et al. 2022), with its prior
     ZeroTerminalSNR(base)                         Lin et al. 2024 rescaling of any VP schedule
 """
 
@@ -13,6 +14,7 @@ from diffusion_lab.schedules.base import Schedule, broadcast_like
 from diffusion_lab.schedules.cosine import VPCosineSchedule, cosine_alpha_bar
 from diffusion_lab.schedules.discrete import CosineDiscreteSchedule, DDPMLinearSchedule, DiscreteSchedule
 from diffusion_lab.schedules.edm import EDMSchedule
+from diffusion_lab.schedules.poisson_flow import PFGMPrior, PoissonFlowSchedule, pfgm_hyperparameters
 from diffusion_lab.schedules.rectified_flow import RectifiedFlowSchedule
 from diffusion_lab.schedules.subvp import SubVPSchedule
 from diffusion_lab.schedules.ve import VESchedule
@@ -33,4 +35,7 @@ __all__ = [
     "EDMSchedule",
     "RectifiedFlowSchedule",
     "ZeroTerminalSNR",
+    "PoissonFlowSchedule",
+    "PFGMPrior",
+    "pfgm_hyperparameters",
 ]

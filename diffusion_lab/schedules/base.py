@@ -15,6 +15,11 @@ From (α, σ) alone follow (Kingma et al. 2021, "Variational Diffusion Models"; 
 * the prior at t_max: N(0, σ(t_max)² I); the data term α(t_max)·x_0 it ignores is the schedule's
   "prior leak", which each schedule keeps small and documents.
 
+The noise ε is Gaussian unless the schedule carries another noise distribution (``noise``, see
+``diffusion_lab.noise``: PFGM++'s σ × Student-t); ``with_noise`` gives a copy that does, and then the
+prior is σ(t_max) ε with that ε (its log density follows). The drift f and g² above describe the
+Gaussian case only.
+
 Endpoints: every schedule declares its range [t_min, t_max] on which α > 0 and σ > 0, so λ is
 finite there; training draws t and samplers place their grids inside that range. Schedules whose
 α or σ vanish at 0 or 1 (rectified flow, continuous cosine) clip the range and say where.
@@ -26,10 +31,13 @@ float64). No torch.nn, no knowledge of networks, losses or samplers.
 from __future__ import annotations
 
 import abc
+import copy
 import math
 
 import torch
 from torch import Tensor
+
+from diffusion_lab.noise import GaussianNoise, NoiseDistribution
 
 
 class Schedule(abc.ABC):
@@ -42,6 +50,8 @@ class Schedule(abc.ABC):
     t_max: float = 1.0
     #: number of discrete training steps T for discrete-time schedules (DDPM); None if continuous
     num_timesteps: int | None = None
+    #: q(ε): Gaussian for every schedule unless ``with_noise`` set another (``diffusion_lab.noise``)
+    noise: NoiseDistribution = GaussianNoise()
 
     # ---------------------------------------------------------------- the pair (α, σ)
     @abc.abstractmethod
@@ -109,16 +119,22 @@ class Schedule(abc.ABC):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """x_{t_max} ~ N(0, σ(t_max)² I)."""
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        """x_{t_max} = σ(t_max) ε with ε ~ q(ε) (N(0, I) unless ``noise`` says otherwise)."""
+        z = self.noise.sample(shape, generator=generator, dtype=dtype, device=device)
         return z * self.prior_std()
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
-        """log N(x; 0, σ(t_max)² I), summed over all but the batch dimension."""
+        """log of the prior density at x: log q(x/σ_max) − d log σ_max, summed over all but the batch dimension
+        (log N(x; 0, σ(t_max)² I) for Gaussian noise)."""
         s = self.prior_std()
         d = x[0].numel()
-        sq = x.flatten(1).pow(2).sum(1)
-        return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
+        return self.noise.log_prob(x / s) - d * math.log(s)
+
+    def with_noise(self, noise: NoiseDistribution | None) -> "Schedule":
+        """A copy of this schedule whose ε (training noise and prior) follows ``noise`` (None: Gaussian)."""
+        other = copy.copy(self)
+        other.noise = noise if noise is not None else GaussianNoise()
+        return other
 
     # ---------------------------------------------------------------- helpers for callers
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
