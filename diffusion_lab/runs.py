@@ -91,13 +91,27 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _check_noise(cfg: DictConfig, schedule: Any, noise: Any) -> None:
+    """Non-Gaussian noise (PFGM++ with a finite D) against what cannot take it."""
+    if getattr(noise, "D", None) is None:
+        return
+    if type(getattr(schedule, "noise", None)).__name__ == "PFGMPrior":
+        raise ConfigError(f"noise.D={noise.D} would replace the prior of schedule=pfgm, which brings its own (PFGM is "
+                          "PFGM++ with D = 1 on the z axis); drop the noise= override.")
+    if "ClassifierGuidance" in str((cfg.get("guidance") or {}).get("_target_", "")):
+        raise ConfigError(f"guidance=classifier adds a classifier's gradient to a Gaussian score, which PFGM++ noise "
+                          f"(noise.D={noise.D}) does not have; use guidance=cfg, or noise.D=null for the Gaussian case.")
+
+
 def build_parts(cfg: DictConfig, choices: dict[str, str] | None = None) -> Parts:
     """Instantiate every group and check that the parts fit together (see the module docstring)."""
     check_config(cfg, choices or hydra_choices())
     datamodule = instantiate_group(cfg, "dataset")
     schedule = instantiate_group(cfg, "schedule")
     if cfg.get("noise") is not None:  # conf/noise: the schedule's ε (PFGM++); absent = Gaussian
-        schedule = schedule.with_noise(instantiate_group(cfg, "noise"))
+        noise = instantiate_group(cfg, "noise")
+        _check_noise(cfg, schedule, noise)
+        schedule = schedule.with_noise(noise)
     parameterization = instantiate_group(cfg, "parameterization")
     loss = instantiate_group(cfg, "loss")
     net = instantiate_group(cfg, "model")

@@ -66,6 +66,9 @@ TRAIN_ROWS = [
     (["dataset=two_moons", "model=mlp", "model.num_classes=10"], "model.num_classes=10 makes the model class-conditional"),
     (["sampler=ddim", "sampler.grid=trailing"], "sampler.grid=trailing needs a discrete schedule"),
     (["sampler=ddpm", "sampler.variance=learned"], "sampler.variance=learned needs a model with learned variances"),
+    (["experiment=pfgm_digits", "noise=pfgmpp"], "would replace the prior of schedule=pfgm"),
+    (["experiment=pfgmpp_digits", "guidance=classifier", "guidance.classifier_ckpt=x.ckpt"],
+     "guidance=classifier adds a classifier's gradient to a Gaussian score"),
     (["parameterization=x0", "sampler=pc", "schedule=rectified_flow", "loss=rectified_flow"], None),  # valid: trains
 ]
 
