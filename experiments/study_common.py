@@ -64,8 +64,8 @@ def checkpoint(name: str, log: list[str], epochs: int | None = None, ckpt: str |
     run_dir = RUNS / name
     last = run_dir / "checkpoints" / "last.ckpt"
     if (run_dir / "DONE").is_file() and last.is_file():
-        log.append(f"python -m diffusion_lab.train {' '.join(MODELS[name])} hydra.run.dir=experiments/runs/{name}"
-                   "  # (already trained)")
+        log.append(f"python -m diffusion_lab.train {' '.join(MODELS[name])} hydra.run.dir=experiments/runs/{name} "
+                   f"{' '.join(TRAIN_QUIET)}  # (trained before; reused)")
         return last
     args = list(MODELS[name]) + (["ckpt_path=last"] if last.is_file() else [])
     if epochs is not None:
@@ -98,3 +98,44 @@ def value(table: EvalTable, sampler: str, metric: str = "fid") -> float:
         if row.get("sampler") == sampler:
             return float(row.get(metric, float("nan")))
     return float("nan")
+
+
+def pivot(table: EvalTable, metric: str = "fid", column: str = "nfe") -> str:
+    """Markdown: one line per family, one column per value of ``column`` (nfe or steps), cells ``metric``
+    (with the counted NFE in brackets where the columns are steps)."""
+    fams = table.families()
+    keys = sorted({float(r[column]) for rows in fams.values() for r in rows})
+    head = "| family | kind | " + " | ".join(f"{column} {k:g}" for k in keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    for fam, rows in fams.items():
+        cells = []
+        for k in keys:
+            match = [r for r in rows if float(r[column]) == k]
+            if not match or match[0].get(metric) is None:
+                cells.append("")
+            else:
+                r = match[0]
+                extra = f" ({float(r['nfe']):g})" if column != "nfe" else ""
+                cells.append(f"{float(r[metric]):.2f}{extra}")
+        lines.append(f"| {fam} | {rows[0]['kind']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fid_at(table: EvalTable, family: str, column: str, key: float, metric: str = "fid") -> float:
+    """The metric of ``family``'s row whose ``column`` (nfe / steps) is ``key`` (NaN when absent)."""
+    for row in table.families().get(family, []):
+        if float(row[column]) == float(key):
+            return float(row.get(metric, float("nan")))
+    return float("nan")
+
+
+def write_results(path: Path, title: str, claim: str, sections: list[str], verdict: list[str], log: list[str],
+                  command: str, notes: str = "") -> None:
+    """RESULTS.md of a paper study: the paper's claim, our numbers, the verdict, the commands."""
+    text = [f"# {title}", "", "## The paper's claim", "", claim, "", "## Our numbers", "", *sections, "",
+            "## Verdict", "", *verdict, ""]
+    if notes:
+        text += ["## Notes", "", notes, ""]
+    text += ["## Commands", "", "```", command, "# which runs:", *log, "```", "", f"Measured on {machine()}.", ""]
+    path.write_text("\n".join(text))
+    print("\n".join(verdict))

@@ -240,7 +240,8 @@ def test_small_scale_twin_shares_everything_but_size_with_its_paper_file(compose
     for group in ("schedule", "parameterization", "loss", "sampler"):
         assert OmegaConf.to_container(small[group]) == OmegaConf.to_container(full[group]), group
     assert small.optimizer.name == full.optimizer.name and small.trainer.gradient_clip_val == full.trainer.gradient_clip_val
-    assert small.dataset._target_.endswith("DigitsDataModule") and small.model.ch == 32
+    assert small.dataset._target_.endswith("DigitsDataModule") and small.model._target_ == full.model._target_
     assert small.dataset.value_range == full.dataset.value_range
-    assert small.model.learned_variance == full.model.learned_variance
+    assert small.model.get("learned_variance") == full.model.get("learned_variance")
+    assert small.model.get("time_embedding") == full.model.get("time_embedding")
 
