@@ -14,7 +14,6 @@ over one checkpoint (the feature network and the real-data statistics are cached
 
 ``evaluation=sde_vs_ode`` evaluates samplers × NFE (``evaluation.nfe``); ``wandb.project=<p>`` logs the rows
 as a W&B study (one group, one run per sampler family, NFE as the x-axis: ``evaluation.table.log_wandb_study``).
-``evaluate_checkpoint`` is the same work as a function, for scripts (``experiments/``).
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.cli import entry_point, run_reporting_errors
 from diffusion_lab.errors import ConfigError
-from diffusion_lab.evaluation import Evaluator
 from diffusion_lab.evaluation.table import log_wandb_study
-from diffusion_lab.runs import CONFIG_DIR, LoadedRun, load_run, pick_device
+from diffusion_lab.runs import CONFIG_DIR, load_run, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +41,18 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def evaluate_checkpoint(ckpt_path: Any, evaluation: Any, out_dir: str | Path, sampler: Any = None, guidance: Any = None,
-                        device: Any = "cpu", epoch: int | None = None) -> tuple[list[dict[str, Any]], Evaluator, LoadedRun]:
-    """Evaluate a checkpoint: the rows, the evaluator (its ``table``, ``pictures``) and the loaded run.
-    ``evaluation`` / ``sampler`` / ``guidance``: configs as ``conf/`` composes them (None: the checkpoint's
-    sampler and guidance). Writes the pictures and ``<out_dir>/eval/table.csv``."""
-    loaded = load_run(ckpt_path, device, sampler=sampler, evaluation=evaluation, guidance=guidance)
-    module, parts = loaded.module, loaded.parts
-    evaluator = parts.evaluator
-    evaluator.prepare(parts.datamodule, parts.data_shape, device)
-    out = Path(out_dir)
-    with module.sampling(evaluator.use_ema) as denoiser:
-        rows = evaluator.evaluate(denoiser, loaded.epoch if epoch is None else int(epoch), loaded.step, out)
-    evaluator.table.write_csv(out / "eval" / "table.csv")
-    return rows, evaluator, loaded
-
-
-def study_config(loaded: LoadedRun, evaluator: Evaluator, ckpt_path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The W&B config of a study (checkpoint, dataset, schedule, parameterization, N, seed) and the sampler
-    settings of each family (name, grid, options)."""
+def study_config(loaded: Any, evaluator: Any, ckpt_path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The W&B config of a study (checkpoint, dataset, schedule, parameterization, N, seed, the whole config) and
+    the sampler settings of each family (name, grid, options)."""
     from diffusion_lab.evaluation.nfe_sweep import family_of
 
     cfg = loaded.config
     shared = {"ckpt": str(ckpt_path), "ckpt_step": loaded.step, "n": evaluator.n, "seed": evaluator.seed,
-              "metrics_features": evaluator.suite.features,
-              **{g: str(OmegaConf.select(cfg, f"{g}._target_")).rsplit(".", 1)[-1]
-                 for g in ("dataset", "schedule", "model")},
+              "features": evaluator.suite.features,
+              **{g: str(OmegaConf.select(cfg, f"{g}._target_")).rsplit(".", 1)[-1] for g in ("dataset", "schedule", "model")},
               "parameterization": str(OmegaConf.select(cfg, "parameterization.kind")),
               "config": OmegaConf.to_container(cfg, resolve=True)}
-    families = {}
+    families: dict[str, Any] = {}
     for s in evaluator.samplers:
         families.setdefault(family_of(s), {"sampler": s.name, "grid": s.grid,
                                            **{f"option_{k}": v for k, v in s.options.items() if k not in ("rtol", "atol")}})
@@ -82,13 +63,19 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.get("evaluation") is None:
         raise ConfigError("evaluation=null: nothing to evaluate; drop the override to use the default evaluation.")
     device = pick_device(cfg.device)
-    ckpt = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    loaded = load_run(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, device, sampler=cfg.get("sampler"),
+                      evaluation=cfg.evaluation, guidance=cfg.get("guidance"))
+    module, parts = loaded.module, loaded.parts
+    evaluator = parts.evaluator
+    evaluator.prepare(parts.datamodule, parts.data_shape, device)
+    epoch = int(cfg.epoch) if cfg.get("epoch") is not None else loaded.epoch
     out = Path(cfg.out_dir)
-    rows, evaluator, loaded = evaluate_checkpoint(ckpt, cfg.evaluation, out, sampler=cfg.get("sampler"),
-                                                  guidance=cfg.get("guidance"), device=device, epoch=cfg.get("epoch"))
+    with module.sampling(evaluator.use_ema) as denoiser:
+        rows = evaluator.evaluate(denoiser, epoch, loaded.step, out)
+    evaluator.table.write_csv(out / "eval" / "table.csv")
     wb = cfg.get("wandb") or {}
     if wb.get("project"):
-        shared, families = study_config(loaded, evaluator, ckpt)
+        shared, families = study_config(loaded, evaluator, cfg.get("ckpt_path"))
         log_wandb_study(evaluator.table, group=str(wb.get("group") or out.name), project=str(wb.project), config=shared,
                         samplers=families, pictures=evaluator.pictures, mode=wb.get("mode"), save_dir=out,
                         tags=list(wb.get("tags") or []))
