@@ -5,7 +5,8 @@ RESULTS.md can be reproduced from the command line; the table comes back as ``Ev
 evaluation's own ``eval/table.csv``.
 
 Models go to ``experiments/runs/<name>/`` (not in git) and are reused by every study that names them:
-one checkpoint serves several sampling-only comparisons.
+one checkpoint serves several sampling-only comparisons. ``STUDY_REUSE=1`` reuses an evaluation's table
+already under ``experiments/runs/`` (to rewrite a RESULTS.md without sampling again).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def checkpoint(name: str, log: list[str], epochs: int | None = None, ckpt: str |
 def evaluate(ckpt: Path, evaluation: str, out_dir: Path, log: list[str], extra: list[str] = ()) -> EvalTable:
     """``python -m diffusion_lab.evaluate ckpt_path=<ckpt> evaluation=<evaluation> <extra>``; its table."""
     rel = os.path.relpath(ckpt, REPO)
+    if os.environ.get("STUDY_REUSE") == "1" and (out_dir / "eval" / "table.csv").is_file():
+        log.append(f"python -m diffusion_lab.evaluate ckpt_path={rel} evaluation={evaluation} {' '.join(extra)} "
+                   f"hydra.run.dir={os.path.relpath(out_dir, REPO)} evaluation.progress=false")
+        return EvalTable.read_csv(out_dir / "eval" / "table.csv")
     run_cli("evaluate", [f"ckpt_path={rel}", f"evaluation={evaluation}", *extra,
                          f"hydra.run.dir={os.path.relpath(out_dir, REPO)}", "evaluation.progress=false"], log)
     return EvalTable.read_csv(out_dir / "eval" / "table.csv")

@@ -58,7 +58,11 @@ def main() -> None:
         [f"FID on the digits classifier's features, N = {args.n} per cell, same noise for every cell. "
          "`dpm_solver_pp_2m` uses our measured default grid (quadratic⁺ on DDPM/VP), `dpm_solver_pp_2m_lambda` the "
          "paper's λ-uniform grid ending at t_min; DDIM its default (quadratic).", "", *sections],
-        verdict, log, "python experiments/paper_dpm_solver/run.py" + (f" --n {args.n}" if args.n != 256 else ""))
+        verdict, log, "python experiments/paper_dpm_solver/run.py" + (f" --n {args.n}" if args.n != 256 else ""),
+        notes="On both models DPM-Solver++(2M) is at the ODE's own limit (its FID at 50 NFE, where every ODE solver "
+              "agrees) from 10–20 NFE on, while DDIM's first-order error is still visible at 50 NFE. The λ-uniform grid "
+              "is the worse choice at 5 NFE (its first step spans the noisiest, widest λ interval) and the better one at "
+              "10. N = 256 per cell: differences below ≈ 2–3 FID units are within the sampling noise.")
 
 
 if __name__ == "__main__":

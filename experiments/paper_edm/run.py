@@ -3,7 +3,8 @@ twin (``experiment=score_sde_vp_digits``), as EDM's Fig. 2 applies its samplers 
 and VE (NCSN++) models; ``--model edm_digits`` takes the EDM twin (EDM schedule, preconditioning and
 loss) instead — Heun on the ρ = 7 grid (EDM's own setting) against Euler on the same
 grid and Heun on ρ = 1 and ρ = 3 grids at NFE 9 / 19 / 35, and the stochastic sampler with
-S_churn ∈ {0, 10, 40, 80} at 35 NFE, all from the same seeded noise (``conf/evaluation/paper_edm.yaml``).
+S_churn ∈ {0, 1, 3, 10} at 35 NFE (γ = min(S_churn/N, √2 − 1) = 0, 0.056, 0.17, 0.41 with N = 18; larger S_churn
+hits the same cap), all from the same seeded noise (``conf/evaluation/paper_edm.yaml``).
 
     python experiments/paper_edm/run.py                  # the VP twin (trains it if needed, ~8 min on 2 CPU cores)
     python experiments/paper_edm/run.py --model edm_digits
@@ -48,8 +49,8 @@ def main() -> None:
         f"- The grid at 35 NFE (Heun): ρ = 1: {rho[1]:.2f}, ρ = 3: {rho[3]:.2f}, ρ = 7: {rho[7]:.2f}.",
     ]
     for n in (35,):
-        vals = {c: fid_at(table, f"churn{c}", "nfe", n) for c in (0, 10, 40, 80)}
-        verdict.append(f"- Stochastic sampler at {n} NFE, FID by S_churn 0 / 10 / 40 / 80: "
+        vals = {c: fid_at(table, f"churn{c}", "nfe", n) for c in (0, 1, 3, 10)}
+        verdict.append(f"- Stochastic sampler at {n} NFE, FID by S_churn 0 / 1 / 3 / 10 (γ = 0 / 0.056 / 0.17 / 0.41, the cap √2 − 1): "
                        + " / ".join(f"{v:.2f}" for v in vals.values()))
     heun_wins = heun35 < euler[35]
     ok_rho = rho[7] <= min(rho[1], rho[3])
@@ -70,7 +71,13 @@ def main() -> None:
           "EDM's σ̃ grids with σ̃ from the VP schedule's t_min to t_max.") + f" FID on the digits classifier's features, N = {args.n} per cell, same noise for every cell.", "",
          pivot(table, "fid", "nfe"), "", "![FID vs NFE](fid_vs_nfe.png)"],
         verdict, log, "python experiments/paper_edm/run.py" + (f" --n {args.n}" if args.n != 256 else "")
-        + (f" --model {args.model}" if args.model != "vp_digits" else ""))
+        + (f" --model {args.model}" if args.model != "vp_digits" else ""),
+        notes="Churn helps a lot on this model (FID 19.4 → 12.9 at 35 NFE): a small, briefly trained VP model whose "
+              "PF-ODE is a worse sampler than its SDE (experiments/sde_vs_ode), the case where EDM finds stochasticity "
+              "useful (it corrects the errors of the learned score); EDM's CIFAR-10 models are trained far better, "
+              "where it no longer helps. S_churn saturates at √2 − 1 per step, so with 18 steps any S_churn ≥ 7.5 is "
+              "the same sampler. Heun ρ = 7 at 19 NFE is already at the ODE's limit (≈ 18–20). N = 256 per cell: "
+              "differences below ≈ 2–3 FID units are within the sampling noise.")
 
 
 if __name__ == "__main__":
