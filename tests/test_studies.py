@@ -127,27 +127,35 @@ def test_plot_draws_sde_solid_and_ode_dashed_one_line_per_family(tmp_path):
 # ----------------------------------------------------------------------------------- W&B, from its own files
 def _offline_records(run_dir: Path) -> list:
     """The records of a W&B offline run file (``run-<id>.wandb``: a LevelDB-style log of 32 KiB blocks, each
-    record a 7-byte header — CRC32, length, type FULL/FIRST/MIDDLE/LAST — and a protobuf ``Record``)."""
+    record a 7-byte header — CRC32, length, type FULL/FIRST/MIDDLE/LAST — and a protobuf ``Record``), once
+    W&B's service has written the run's final ``exit`` record."""
+    import time
+
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = glob.glob(str(run_dir / "*.wandb"))
-    data, pos, block, buf, out = open(path, "rb").read(), 7, 32768, b"", []
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf + chunk if kind == 4 else chunk)
-            out.append(rec)
-        buf = chunk if kind == 2 else buf + chunk if kind == 3 else b""
-    return out
+    for _ in range(120):
+        data, pos, block, buf, out = open(path, "rb").read(), 7, 32768, b"", []
+        assert data[:4] == b":W&B"
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:
+                pos += block - pos % block
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):
+                rec = pb.Record()
+                rec.ParseFromString(buf + chunk if kind == 4 else chunk)
+                out.append(rec)
+            buf = chunk if kind == 2 else buf + chunk if kind == 3 else b""
+        if any(r.WhichOneof("record_type") == "exit" for r in out):
+            return out
+        time.sleep(0.5)  # the service writes the file on its own
+    raise AssertionError(f"{path} has no exit record after 60 s")
 
 
 def test_wandb_study_one_group_one_run_per_family_nfe_as_x_axis(tmp_path):
+    import wandb
     from PIL import Image
 
     picture = tmp_path / "pc_5.png"
@@ -158,6 +166,7 @@ def test_wandb_study_one_group_one_run_per_family_nfe_as_x_axis(tmp_path):
                           samplers={"pc": {"sampler": "pc", "option_snr": 0.16}}, pictures={"pc_5": picture},
                           mode="offline", save_dir=tmp_path, tags=["digits"])
     assert len(ids) == 2
+    wandb.teardown()  # stop W&B's service: the offline files are complete
     runs = {}
     for run_dir in sorted((tmp_path / "wandb").glob("offline-run-*")):
         recs = _offline_records(run_dir)
