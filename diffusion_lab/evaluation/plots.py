@@ -44,7 +44,7 @@ def plot_quality_vs_nfe(table: EvalTable, metrics: Sequence[str] = ("fid",), pat
         ax.set_xlabel("NFE (network calls per sample)")
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"{metric} vs NFE — SDE solid, ODE dashed" if title is None else f"{title}: {metric}")
+        ax.set_title(f"{title + ': ' if title else ''}{metric} vs NFE (SDE solid, ODE dashed)", fontsize=10)
     axes[0][-1].legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     if path is not None:
