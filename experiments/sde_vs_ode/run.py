@@ -5,7 +5,7 @@ from the same seeded noise; FID / KID / IS on the dataset classifier's features.
 
     python experiments/sde_vs_ode/run.py                         # digits: trains the model if needed (~10 min)
     python experiments/sde_vs_ode/run.py --ckpt outputs/<run>/checkpoints/last.ckpt --tag mine
-    python experiments/sde_vs_ode/run.py --dataset mnist         # MNIST from ../shared/data (longer)
+    python experiments/sde_vs_ode/run.py --dataset mnist --data-dir /work/shared/data   # MNIST (longer)
 
 Steps (each a command of the project's entry points, recorded in RESULTS.md):
 
@@ -35,9 +35,12 @@ from study_common import REPO, RUNS, MODELS, checkpoint, evaluate, machine  # no
 from diffusion_lab.evaluation.plots import plot_quality_vs_nfe  # noqa: E402
 from diffusion_lab.evaluation.table import EvalTable  # noqa: E402
 
-MODELS.setdefault("vp_mnist", ["experiment=score_sde_vp_digits", "dataset=mnist", "dataset.data_dir=../shared/data",
-                               "model=unet_mnist", "model.ch=16", "model.num_res_blocks=1", "trainer.max_epochs=3",
-                               "evaluation.classifier.epochs=2"])
+# MNIST at what 2 shared CPU cores afford: a small UNet, 2 epochs; the FID classifier trained for 2 epochs;
+# fewer NFE budgets (28x28 costs ≈ 12x an 8x8 digit per network call)
+MNIST_TRAIN = ["experiment=score_sde_vp_digits", "dataset=mnist", "model=unet_mnist", "model.ch=16",
+               "model.num_res_blocks=1", "trainer.max_epochs=2", "evaluation.classifier.epochs=2"]
+MNIST_EVAL = ["evaluation.classifier.epochs=2", "evaluation.nfe.ODE=[10,20]", "evaluation.nfe.SDE=[10,20,50,100]",
+              "evaluation.tolerances=[1e-2]"]
 
 
 def grids_figure(table: EvalTable, pictures_dir: Path, path: Path, target_nfe: float = 20) -> None:
@@ -112,12 +115,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="training epochs of the study's model")
     ap.add_argument("--wandb-mode", default="offline", help="offline | online | disabled")
     ap.add_argument("--extra", nargs="*", default=[], help="more evaluate overrides, e.g. 'evaluation.nfe.SDE=[10,20]'")
+    ap.add_argument("--data-dir", default="../shared/data", help="MNIST: the folder holding MNIST/raw (absolute, or "
+                                                                  "relative to the repository)")
     args = ap.parse_args()
+    MODELS["vp_mnist"] = [*MNIST_TRAIN, f"dataset.data_dir={args.data_dir}"]
     tag = args.tag or args.dataset
     log: list[str] = []
     ckpt = checkpoint(f"vp_{args.dataset}", log, args.epochs, args.ckpt)
     out = RUNS / f"sde_vs_ode_{tag}"
-    extra = [f"evaluation.n={args.n}", *args.extra]
+    extra = [f"evaluation.n={args.n}", *(MNIST_EVAL if args.dataset == "mnist" else []), *args.extra]
     if args.wandb_mode != "disabled":
         extra += ["wandb.project=diffusion_lab", f"wandb.group=sde_vs_ode_{tag}", f"wandb.mode={args.wandb_mode}"]
     table = evaluate(ckpt, "sde_vs_ode", out, log, extra)
@@ -139,7 +145,8 @@ def main() -> None:
             f"Table as CSV: `results{suffix}.csv`. W&B: the same rows as the offline group `sde_vs_ode_{tag}` "
             f"(one run per family; `wandb sync experiments/runs/sde_vs_ode_{tag}/wandb/offline-run-*` uploads it).", "",
             "## Commands", "", "```", "python experiments/sde_vs_ode/run.py"
-            + ("" if args.dataset == "digits" else f" --dataset {args.dataset}") + f" --n {args.n}", "# which runs:",
+            + ("" if args.dataset == "digits" else f" --dataset {args.dataset} --data-dir {args.data_dir}")
+            + f" --n {args.n}", "# which runs:",
             *log, "```", "", f"Measured on {machine()}.", ""]
     (HERE / f"RESULTS{suffix}.md").write_text("\n".join(text))
     print("\n".join(observations(table)))
