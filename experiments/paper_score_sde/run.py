@@ -71,7 +71,8 @@ def main() -> None:
               "The PF-ODE (RK45) stops improving at FID ≈ 20 (51 NFE at tol 1e-3, 321 at 1e-5), above the SDE "
               "predictors' ≈ 17–19 at 100 NFE: this small model's ODE is a worse sampler than its SDE "
               "(experiments/sde_vs_ode). The VE twin (`--models ve_digits vp_digits`, NCSN++ at the digits size) was "
-              "not run within this session's CPU budget. N = 256 per cell: differences below ≈ 2–3 FID units are "
+              "trained (600 steps) but its evaluation did not finish in this session: its adaptive PF-ODE solve (dopri5, "
+              "rtol = atol = 1e-3, σ from 50 down to 0.01) ran over 15 minutes for 256 samples on the shared CPU. N = 256 per cell: differences below ≈ 2–3 FID units are "
               "within the sampling noise.")
 
 
