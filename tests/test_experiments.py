@@ -12,7 +12,7 @@ from diffusion_lab import runs
 PAPERS = {
     "ddpm_cifar10": (35_746_307, 0.0, "DDPMLinearSchedule", "eps", "DenoisingScoreMatching", "ddpm", 1000),
     "iddpm_cifar10": (52.5e6, 0.01, "CosineDiscreteSchedule", "eps", "HybridLoss", "ddpm", 100),
-    "score_sde_ve_cifar10": (61.8e6, 0.01, "VESchedule", "score", "DenoisingScoreMatching", "pc", 2000),
+    "score_sde_ve_cifar10": (62_758_787, 0.0, "VESchedule", "score", "DenoisingScoreMatching", "pc", 2000),  # NCSN++
     "score_sde_vp_cifar10": (61.8e6, 0.01, "VPLinearSchedule", "eps", "DenoisingScoreMatching", "dopri5", None),
     "edm_cifar10": (55.7e6, 0.01, "EDMSchedule", "edm", "DenoisingScoreMatching", "heun", 35),
     "rectified_flow_cifar10": (61.8e6, 0.01, "RectifiedFlowSchedule", "velocity", "RectifiedFlowLoss", "dopri5", None),

@@ -19,6 +19,11 @@ each, labelled ``<sampler>_<guidance><scale>``): the guidance-scale trade-off in
 ``likelihood`` (``evaluation.likelihood``, see ``likelihood``) adds the rows ``likelihood_ode`` (PF-ODE
 NLL and bits/dim) and, for discrete schedules, ``likelihood_vlb`` after the samplers' rows.
 
+Samplers × NFE (``nfe``, see ``nfe_sweep``): each sampler of ``samplers`` is evaluated at every NFE budget
+of its kind (``nfe: [10, 20, 50]`` or ``nfe: {ODE: [...], SDE: [...]}``), an adaptive one at each of
+``tolerances``; every row carries its ``family`` (the curve: the label without the step count), so that the
+table, the plot and the W&B layout of an SDE-vs-ODE study group rows by family and kind.
+
 Nothing here knows Lightning: ``python -m diffusion_lab.evaluate`` calls it directly and the training
 callback (``lightning.evaluation``) decides when (``due``) and hands the rows to the loggers.
 """
@@ -37,6 +42,7 @@ from torch import Tensor
 from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.evaluation.generation import generate_samples, rank_labels, rank_share
 from diffusion_lab.evaluation.likelihood import LikelihoodEvaluation
+from diffusion_lab.evaluation.nfe_sweep import expand, family_of
 from diffusion_lab.evaluation.suite import MetricSuite
 from diffusion_lab.evaluation.table import EvalTable
 from diffusion_lab.images import save_picture
@@ -83,6 +89,9 @@ class Evaluator:
         progress: progress bars for sampling and feature extraction.
         likelihood: the options of ``likelihood.LikelihoodEvaluation`` (None: no likelihood rows).
         guidance_scales: evaluate every sampler at each of these guidance scales (None: the guidance's own).
+        nfe: evaluate each sampler of ``samplers`` at these NFE budgets (a list, or a mapping ODE/SDE → list;
+            None: at its configured steps); tolerances: the rtol = atol values of adaptive samplers then.
+        include_selected: evaluate the selected sampler too (false: only ``samplers``, e.g. in a study).
         **metric_options: those of ``suite.MetricSuite`` (metrics, features, inception_weights, ...).
     """
 
@@ -90,13 +99,23 @@ class Evaluator:
                  every_n_epochs: int = 10, at_end: bool = True, seed: int = 0, use_ema: bool = True,
                  batch_size: int = 256, save_samples: bool = False, progress: bool = True,
                  likelihood: Mapping | None = None, guidance_scales: Sequence[float] | None = None,
+                 nfe: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+                 tolerances: Sequence[float] = (1e-2, 1e-3, 1e-4), include_selected: bool = True,
                  **metric_options: Any):
         for key, val, lo in (("n", n, 1), ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1),
                              ("grid_n", grid_n, 0), ("seed", seed, 0)):
             if not isinstance(val, int) or isinstance(val, bool) or val < lo:
                 raise ValueError(f"evaluation.{key}={val!r} must be an integer ≥ {lo}.")
+        extras = as_samplers(samplers)
+        if nfe is not None:
+            extras = expand(extras, nfe, tuple(tolerances))
+        if not include_selected:
+            selected = None
         self.samplers = ([selected] if selected is not None else []) + [
-            s for s in as_samplers(samplers) if selected is None or s.label != selected.label]
+            s for s in extras if selected is None or s.label != selected.label]
+        if not include_selected and not self.samplers:
+            raise ValueError("evaluation.include_selected=false and evaluation.samplers is empty: nothing to evaluate; "
+                             "list samplers under evaluation.samplers or set include_selected=true.")
         labels = [s.label for s in self.samplers]
         dup = sorted({lb for lb in labels if labels.count(lb) > 1})
         if dup:
@@ -109,7 +128,8 @@ class Evaluator:
         if unknown:
             raise ValueError(f"evaluation.{unknown[0]} is not an evaluation setting; the settings are n, grid_n, "
                              f"every_n_epochs, at_end, seed, use_ema, batch_size, save_samples, progress, samplers, "
-                             f"likelihood, guidance_scales and {', '.join(sorted(known))}.")
+                             f"likelihood, guidance_scales, nfe, tolerances, include_selected and "
+                             f"{', '.join(sorted(known))}.")
         self.suite = MetricSuite(progress=progress, **metric_options)
         self.likelihood = self._likelihood(likelihood)
         if guidance_scales is not None:
@@ -251,7 +271,8 @@ class Evaluator:
                                    out / "samples" / label / f"epoch_{epoch:04d}.png", self.value_range)
             if picture is not None:
                 self.pictures[label] = picture
-        row = {"epoch": int(epoch), "step": int(step), "sampler": label, "kind": sampler.kind, "nfe": float(res.nfe)}
+        row = {"epoch": int(epoch), "step": int(step), "sampler": label, "kind": sampler.kind, "nfe": float(res.nfe),
+               "family": family_of(sampler)}
         if guidance is not None:
             row.update(guidance=guidance.name, guidance_scale=guidance.scale, passes=res.passes)
             if classifier_calls is not None:

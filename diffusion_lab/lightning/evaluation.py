@@ -27,15 +27,13 @@ import pytorch_lightning as pl
 import torch
 
 from diffusion_lab.evaluation import EvalTable, Evaluator, epoch_of_step
+from diffusion_lab.evaluation.table import DESCRIPTIVE, HIGHER_IS_BETTER, LOWER_IS_BETTER
 from diffusion_lab.lightning.loggers import log_image, log_scalars, log_table
 from diffusion_lab.lightning.module import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
-# metrics to minimise / maximise (W&B summaries)
-LOWER_IS_BETTER = ("fid", "kid", "swd", "w2", "mmd", "nll", "bpd")
-HIGHER_IS_BETTER = ("is", "accuracy", "precision", "recall")
-NOT_LOGGED = ("epoch", "step", "sampler", "kind", "n", "steps", "feature_seconds", "metric_seconds", "guidance")
+NOT_LOGGED = DESCRIPTIVE  # row keys that are not scalars (they are columns of the table)
 
 
 class EvaluationCallback(pl.Callback):
