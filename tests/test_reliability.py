@@ -236,7 +236,7 @@ def test_a_resumed_run_continues_its_wandb_run(compose_cfg, tmp_path, monkeypatc
     assert len(inits) == 2 and inits[0]["id"] == inits[1]["id"] and inits[1]["resume"] == "allow"
     assert (tmp_path / "wandb_run_id").read_text() == inits[0]["id"]
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(f"-{inits[0]['id']}") for r in runs)
+    assert len(runs) == 2 and all(r.name.endswith(f"-{inits[0]['id']}") for r in runs), [r.name for r in runs]
 
 
 def _cli(tmp_path, *overrides):

@@ -354,8 +354,14 @@ def _conf(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
 
 
+# configs that are presets of a registered sampler (its name with fixed options), not samplers of their own
+PRESETS = {"rf_euler": "euler"}
+
+
 def test_every_sampler_has_a_config_and_every_config_a_sampler():
-    assert {p.stem for p in CONF.glob("*.yaml")} == set(SAMPLERS)
+    assert {p.stem for p in CONF.glob("*.yaml")} == set(SAMPLERS) | set(PRESETS)
+    for preset, name in PRESETS.items():
+        assert _conf(preset)["name"] == name
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
