@@ -158,6 +158,9 @@ def test_reflow_run_trains_on_pairs_from_the_teacher(teacher, tmp_path, compose_
     assert not torch.allclose(given, fresh)
     # validation data is the teacher's real data, not its samples
     torch.testing.assert_close(dm.sample_data(10, "val"), dm.reference.sample_data(10, "val"))
+    # pairs of the 2-RF (trained on pairs): the reference is still the real data, not the first pairs
+    make_pairs(pairs_cfg(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "pairs2", "n=200", "chunk_size=200"))
+    assert type(PairsDataModule(path=str(tmp_path / "pairs2")).evaluation_data).__name__ == "ToyDataModule"
     with pytest.raises(DataError, match="no manifest"):
         PairsDataModule(path=str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="dataset.dim"):

@@ -55,6 +55,8 @@ class PairsDataModule(DiffusionDataModule):
             raise ValueError(f"dataset.path={path}: the manifest records no dataset; set dataset.reference to the "
                              "real data's datamodule config.")
         self.reference = instantiate(ref_cfg)
+        while isinstance(self.reference, PairsDataModule):  # pairs of a k-RF trained on pairs: the real data underneath
+            self.reference = self.reference.reference
         if tuple(self.reference.data_shape) != self.data_shape:
             raise ValueError(f"dataset.reference has data of shape {tuple(self.reference.data_shape)} but the pairs "
                              f"{self.data_shape}; use the dataset the teacher was trained on.")
