@@ -9,6 +9,7 @@ import csv
 import errno
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -236,7 +237,9 @@ def test_a_resumed_run_continues_its_wandb_run(compose_cfg, tmp_path, monkeypatc
     assert len(inits) == 2 and inits[0]["id"] == inits[1]["id"] and inits[1]["resume"] == "allow"
     assert (tmp_path / "wandb_run_id").read_text() == inits[0]["id"]
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(f"-{inits[0]['id']}") for r in runs), [r.name for r in runs]
+    # offline-run-<time>-<id>; W&B appends -1 when both runs start within the same second
+    pattern = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{inits[0]['id']}(-\d+)?")
+    assert len(runs) == 2 and all(pattern.fullmatch(r.name) for r in runs), [r.name for r in runs]
 
 
 def _cli(tmp_path, *overrides):
