@@ -135,6 +135,9 @@ def check_sampler(sampler: Any, schedule: Any, parameterization: Any, key: str =
     if getattr(schedule, "process", None) is not None and sampler.name != "forward_process":
         raise ConfigError(f"{key}={sampler.name} integrates a Gaussian model, but schedule={type(schedule).__name__} is a "
                           "general forward process; use sampler=forward_process.")
+    if getattr(schedule, "discrete", False) and sampler.options.get("update", "corrected") not in ("posterior", "naive"):
+        raise ConfigError(f"{key}.update={sampler.options.get('update', 'corrected')} is for continuous processes; "
+                          f"schedule={schedule.kind} is discrete: use {key}.update=posterior or naive.")
     if hasattr(sampler, "check_noise"):
         sampler.check_noise(schedule, key)  # PFGM++ noise: ODE samplers only
     if sampler.grid in ("linspace", "leading", "trailing") and getattr(schedule, "num_timesteps", None) is None:

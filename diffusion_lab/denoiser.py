@@ -196,6 +196,14 @@ class Denoiser:
                              f"{tuple(x.shape)}{hint}.")
         return NetOutput(out)
 
+    def raw(self, x: Tensor, t: Tensor, dtype: torch.dtype | None = None, **net_kwargs) -> Tensor:
+        """The network's output at (x, t) as it is, counted, with gradients: for models whose output is not
+        a prediction of x (the K logits per pixel of a discrete forward process). ``dtype`` as in ``output``."""
+        x_in, label = self.parameterization.net_inputs(x, t, self.schedule)
+        if dtype is not None:
+            x_in, label = x_in.to(dtype), label.to(dtype)
+        return self.net(x_in, label, **{**self.net_kwargs, **net_kwargs})
+
     def read(self, out: NetOutput, x: Tensor, t: Tensor) -> Prediction:
         """The prediction (all views on demand, in the dtype of x) of a raw output at (x, t)."""
         pred = self.parameterization.predict(out.prediction, x, t, self.schedule)

@@ -191,7 +191,7 @@ def test_quantize_round_trip_and_the_discrete_loss_is_the_cross_entropy():
 
 
 # ------------------------------------------------------------------------------------------ configs
-@pytest.mark.parametrize("experiment", ["blur_digits", "mask_digits", "mask_gmm"])
+@pytest.mark.parametrize("experiment", ["blur_digits", "mask_digits", "mask_gmm", "absorbing_digits"])
 def test_forward_process_experiments_compose_build_train_and_evaluate(compose_cfg, experiment):
     from conftest import FAST_TRAIN, SMALL_UNET
 
@@ -233,3 +233,80 @@ def test_blur_prior_is_a_flat_image_of_the_data_mean_colour():
     x = s.prior_sample((4000, 1, 8, 8), gen(0), torch.float64)
     assert torch.allclose(x, x[:, :, :1, :1].expand_as(x))  # flat
     assert abs(float(x[:, 0, 0, 0].mean()) + 0.4) < 0.005 and abs(float(x[:, 0, 0, 0].std()) - 0.05) < 0.005
+
+
+# ---------------------------------------------------------------------------------- discrete processes in the run layer
+class _OneImage(torch.nn.Module):
+    """The exact model of a one-image dataset: logit ``scale`` on the image's level at every pixel, whatever
+    x_t (p(x_0 | x_t) is a point mass), laid out as the run layer expects: (B, C·K, H, W), channel-major."""
+
+    def __init__(self, states: torch.Tensor, levels: int, scale: float = 60.0):
+        super().__init__()
+        C = states.shape[0]
+        logits = scale * torch.nn.functional.one_hot(states, levels).to(torch.float64)  # (C, H, W, K)
+        self.register_buffer("logits", logits.movedim(-1, 1).reshape(C * levels, *states.shape[1:]))
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.logits.to(x.dtype).expand(x.shape[0], *self.logits.shape)
+
+
+def _discrete(kind: str, levels: int = 5, shape=(2, 3, 3)):
+    from diffusion_lab.forward import ForwardProcessSchedule
+
+    return ForwardProcessSchedule(kind, list(shape), levels=levels)
+
+
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_discrete_states_travel_as_float_images_exactly(kind):
+    for levels in (4, 17):
+        sch = _discrete(kind, levels)
+        states = torch.arange(sch.process.states)
+        x = sch.encode(states)
+        assert torch.equal(sch.decode(x), states)
+        assert torch.allclose(x[:levels], torch.linspace(-1, 1, levels, dtype=torch.float64))
+        if kind == "absorbing":
+            assert x[levels] < -1  # MASK: one level below −1, never a data value
+    from sklearn.datasets import load_digits
+
+    digits = torch.as_tensor(load_digits().images[:50], dtype=torch.float64) / 16 * 2 - 1  # the 17 grey levels
+    sch = _discrete("absorbing", 17, (1, 8, 8))
+    assert torch.equal(sch.encode(sch.decode(digits)), digits)
+
+
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_discrete_loss_is_zero_for_the_exact_model_and_log_k_for_a_blank_one(kind):
+    from diffusion_lab.losses import DiscreteForwardLoss
+
+    sch, K = _discrete(kind), 5
+    states = torch.randint(0, K, (2, 3, 3), generator=gen(1))
+    x0 = sch.encode(states).float().expand(4, 2, 3, 3)
+    exact = Denoiser(_OneImage(states, K).float(), sch, "x0")
+    assert float(DiscreteForwardLoss()(exact, x0, generator=gen(0)).loss) < 1e-6
+    blank = Denoiser(lambda x, label: torch.zeros(x.shape[0], 2 * K, 3, 3), sch, "x0")
+    assert float(DiscreteForwardLoss()(blank, x0, generator=gen(0)).loss) == pytest.approx(math.log(K), rel=1e-6)
+    wrong = Denoiser(lambda x, label: torch.zeros(x.shape[0], K, 3, 3), sch, "x0")  # C·K channels needed, K given
+    with pytest.raises(ValueError, match="model.out_channels=10"):
+        DiscreteForwardLoss()(wrong, x0, generator=gen(0))
+
+
+@pytest.mark.parametrize("update", ["posterior", "naive"])
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_discrete_sampler_with_the_exact_model_lands_on_the_image(kind, update):
+    sch, K = _discrete(kind), 5
+    states = torch.randint(0, K, (2, 3, 3), generator=gen(2))
+    den = Denoiser(_OneImage(states, K), sch, "x0")
+    x_T = sch.prior_sample((6, 2, 3, 3), gen(3), torch.float64)
+    out = Sampler("forward_process", steps=7, update=update)(den, x_T=x_T, generator=gen(4), progress=False)
+    assert out.nfe == 7
+    assert torch.equal(sch.decode(out.x), states.expand(6, 2, 3, 3))
+
+
+def test_discrete_schedules_refuse_continuous_losses_and_updates(build_run):
+    from diffusion_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use sampler.update=posterior or naive"):
+        build_run(["experiment=absorbing_digits", "sampler.update=corrected"])
+    with pytest.raises(ConfigError, match="schedule=absorbing is discrete; use loss=forward_ce"):
+        build_run(["experiment=absorbing_digits", "loss=forward_mse"])
+    with pytest.raises(ConfigError, match="loss=forward_ce needs a discrete forward process"):
+        build_run(["experiment=blur_digits", "loss=forward_ce"])

@@ -10,13 +10,14 @@ parameterization)``, ``state_dict``. Configs live in ``conf/loss/``.
 * ``VariationalBoundLoss``, ``HybridLoss``, ``variational_bound`` (``vlb``): improved DDPM.
 * ``ScoreMatching``, ``SlicedScoreMatching`` (``score_matching``): Hyvärinen 2005, Song et al. 2019.
 * ``PoissonFieldLoss`` (``poisson_field``): PFGM's normalised empirical Poisson field (Xu et al. 2022).
-* ``ForwardProcessLoss`` (``forward_process``): x̂0 MSE of a general forward process (blur, masking).
+* ``ForwardProcessLoss`` (``forward_mse``): x̂0 MSE of a general forward process (blur, masking);
+  ``DiscreteForwardLoss`` (``forward_ce``): the cross-entropy of discrete corruption (absorbing, uniform).
 * Time samplers (``time_sampling``): ``UniformTime``, ``LogNormalTime``, ``ImportanceTime``, ``FixedTime``.
 """
 
 from diffusion_lab.losses.base import Loss, LossOutput
 from diffusion_lab.losses.dsm import DenoisingScoreMatching, RectifiedFlowLoss
-from diffusion_lab.losses.forward_process import ForwardProcessLoss
+from diffusion_lab.losses.forward_process import DiscreteForwardLoss, ForwardProcessLoss
 from diffusion_lab.losses.poisson_field import PoissonFieldLoss
 from diffusion_lab.losses.score_matching import ScoreMatching, SlicedScoreMatching
 from diffusion_lab.losses.time_sampling import (
@@ -33,7 +34,7 @@ from diffusion_lab.losses.weighting import WEIGHTINGS, space_factor2, target_mul
 
 __all__ = [
     "Loss", "LossOutput",
-    "DenoisingScoreMatching", "RectifiedFlowLoss", "PoissonFieldLoss", "ForwardProcessLoss",
+    "DenoisingScoreMatching", "RectifiedFlowLoss", "PoissonFieldLoss", "ForwardProcessLoss", "DiscreteForwardLoss",
     "VariationalBoundLoss", "HybridLoss", "VariationalBound", "variational_bound",
     "ScoreMatching", "SlicedScoreMatching",
     "TimeSampler", "UniformTime", "LogNormalTime", "ImportanceTime", "FixedTime", "TIME_SAMPLERS", "make_time_sampler",

@@ -31,6 +31,7 @@ MODELS = {  # in the order they run; D/N matters in PFGM++ (N = 64 here): CIFAR-
     "heat blur": ["experiment=blur_digits", "evaluation=forward_nfe_sweep"],
     "PFGM++ D=32": ["experiment=pfgmpp_digits", "noise.D=32", "evaluation=nfe_sweep"],
     "masking": ["experiment=mask_digits", "evaluation=forward_nfe_sweep"],
+    "absorbing (D3PM)": ["experiment=absorbing_digits", "evaluation=discrete_nfe_sweep"],
 }
 
 
@@ -67,7 +68,7 @@ def main() -> None:
 
 
 def write(tables: dict, commands: dict, args) -> None:
-    lines = ["# EDM vs PFGM++ vs PFGM vs heat blur vs masking on the 8x8 digits", "",
+    lines = ["# EDM vs PFGM++ vs PFGM vs heat blur vs masking vs absorbing-state D3PM on the 8x8 digits", "",
              f"Every model: the digits UNet (1.08M parameters; PFGM's with one extra output channel), {args.steps} "
              "optimizer steps (a few CPU minutes each on a shared 2-core machine), EMA weights, evaluated once at the "
              f"end on {args.n} samples from the same seeded noise; FID on the features of the digit classifier the "
