@@ -593,7 +593,7 @@ SETUPS = {  # config -> (schedule, parameterization, overrides)
 
 def test_every_loss_config_instantiates():
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
-    assert names == sorted([*SETUPS, "pfgm", "forward_mse"])  # those two: tests/test_pfgm.py, test_forward_processes.py
+    assert names == sorted([*SETUPS, "pfgm", "forward_mse", "forward_ce"])  # those three: tests/test_pfgm.py, test_forward_processes.py
     built = {n: instantiate(OmegaConf.load(CONF / f"{n}.yaml")) for n in SETUPS}
     assert isinstance(built["eps_mse"], DenoisingScoreMatching) and built["eps_mse"].weighting == "simple"
     assert isinstance(built["eps_mse"].time_sampler, UniformTime)
