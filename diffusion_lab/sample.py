@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from diffusion_lab.cli import entry_point, run_reporting_errors
 from diffusion_lab.errors import ConfigError

@@ -4,7 +4,6 @@ reflow through the run layer."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ is of higher degree); the jump x̂_0 (m = 1) has local error σ̃_m²/(2√e) pe
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from diffusion_lab.oracles import GaussianMixture
 from diffusion_lab.parameterization import Parameterization
-from diffusion_lab.samplers import SAMPLERS, Denoiser, Sampler, time_grid
+from diffusion_lab.samplers import Denoiser, Sampler
 from diffusion_lab.samplers.adams import Tail, adams_weights
 from diffusion_lab.samplers.exponential import node
 from diffusion_lab.schedules import EDMSchedule, RectifiedFlowSchedule, VPLinearSchedule

@@ -27,7 +27,6 @@ per-sample loss is the mean over the N+1 coordinates of (v_θ − v)² (their su
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.losses.base import Loss, LossOutput

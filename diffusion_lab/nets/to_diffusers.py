@@ -71,7 +71,7 @@ def _levels(unet: Any) -> tuple[list[list[Any]], list[Any]]:
 def unet2d_config(unet: Any, num_train_timesteps: int, time_scale: float) -> dict[str, Any]:
     """The ``UNet2DModel`` config equal to our ``UNet`` (module docstring), or a ConfigError."""
     from diffusion_lab.nets.embeddings import SinusoidalEmbedding
-    from diffusion_lab.nets.unet import AttentionBlock, Downsample, ResBlock, Upsample
+    from diffusion_lab.nets.unet import AttentionBlock, ResBlock, Upsample
 
     if not isinstance(unet.noise_embed, SinusoidalEmbedding):
         _refuse("time_embedding=fourier (Gaussian Fourier features)")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lab.samplers import SAMPLERS, Sampler
+from diffusion_lab.samplers import Sampler
 from diffusion_lab.samplers.grids import FAMILIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

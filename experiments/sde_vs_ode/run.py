@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from study_common import REPO, RUNS, MODELS, checkpoint, evaluate, machine  # noqa: E402
+from study_common import RUNS, MODELS, checkpoint, evaluate, machine  # noqa: E402
 
 from diffusion_lab.evaluation.plots import plot_quality_vs_nfe  # noqa: E402
 from diffusion_lab.evaluation.table import EvalTable  # noqa: E402
