@@ -46,6 +46,17 @@ from diffusion_lab.schedules.base import Schedule
 Guidance = Callable[[Prediction, Tensor, Tensor], Prediction]
 
 
+def network_dtype(net: Callable) -> torch.dtype | None:
+    """The dtype a network declares: its ``dtype`` attribute, else its first parameter's (None if neither)."""
+    declared = getattr(net, "dtype", None)
+    if isinstance(declared, torch.dtype):
+        return declared
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            return p.dtype
+    return None
+
+
 class BatchedGuidance(Protocol):
     """The guidance objects of ``diffusion_lab.guidance``: the labels of each network pass, then the
     combination of their predictions."""
@@ -159,12 +170,10 @@ class Denoiser:
         if self.net_dtype is not None:
             return self.net_dtype
         net = self.net.net
-        declared = getattr(net, "dtype", None)
-        if isinstance(declared, torch.dtype):
+        declared = network_dtype(net)
+        if declared is not None:
             return declared
         if isinstance(net, torch.nn.Module):
-            for p in net.parameters():
-                return p.dtype
             for b in net.buffers():
                 if b.is_floating_point():
                     return b.dtype
@@ -178,10 +187,7 @@ class Denoiser:
         ``dtype``: cast the network's inputs to it (sampling); None leaves them as they are (training,
         where autocast decides). Checks the output's shape against x (a learned-variance model must
         give 2C channels)."""
-        x_in, label = self.parameterization.net_inputs(x, t, self.schedule)
-        if dtype is not None:
-            x_in, label = x_in.to(dtype), label.to(dtype)
-        out = self.net(x_in, label, **{**self.net_kwargs, **net_kwargs})
+        out = self.raw(x, t, dtype, **net_kwargs)
         if self.learned_variance:
             expect = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
             if tuple(out.shape) != expect:

@@ -49,6 +49,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from diffusion_lab.denoiser import network_dtype
 from diffusion_lab.parameterization import Prediction, from_x0_eps
 from diffusion_lab.schedules.base import Schedule, broadcast_like
 
@@ -80,17 +81,6 @@ def classifier_inputs(x: Tensor, t: Tensor, schedule: Schedule,
     tt = t.to(x.dtype)
     scale = torch.sqrt(schedule.alpha(tt) ** 2 + schedule.sigma(tt) ** 2)
     return x / broadcast_like(scale, x), time_scale * tt
-
-
-def module_dtype(net: Callable) -> torch.dtype | None:
-    """The dtype a network computes in: its ``dtype`` attribute, else its first parameter's (None if neither)."""
-    declared = getattr(net, "dtype", None)
-    if isinstance(declared, torch.dtype):
-        return declared
-    if isinstance(net, torch.nn.Module):
-        for p in net.parameters():
-            return p.dtype
-    return None
 
 
 # ------------------------------------------------------------------------------------------ base
@@ -217,7 +207,7 @@ class ClassifierGuidance(Guidance):
 
     def log_prob_grad(self, x: Tensor, t: Tensor, labels: Tensor, schedule: Schedule) -> Tensor:
         """∇_x log p_φ(y | x_t, t) in the dtype of x (the classifier in its own)."""
-        dtype = module_dtype(self.classifier) or x.dtype
+        dtype = network_dtype(self.classifier) or x.dtype
         with torch.enable_grad():
             xi = x.detach().to(dtype).requires_grad_(True)
             x_in, label = classifier_inputs(xi, t.to(dtype), schedule, self.time_scale)

@@ -39,6 +39,7 @@ from diffusion_lab.errors import CheckpointError, ConfigError, DiffusionLabError
 from diffusion_lab.evaluation import Evaluator, epoch_of_step
 from diffusion_lab.lightning.module import DiffusionModule
 from diffusion_lab.samplers import Sampler
+from diffusion_lab.schedules.poisson_flow import PFGMPrior
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _check_noise(cfg: DictConfig, schedule: Any, noise: Any) -> None:
     """Non-Gaussian noise (PFGM++ with a finite D) against what cannot take it."""
     if getattr(noise, "D", None) is None:
         return
-    if type(getattr(schedule, "noise", None)).__name__ == "PFGMPrior":
+    if isinstance(getattr(schedule, "noise", None), PFGMPrior):
         raise ConfigError(f"noise.D={noise.D} would replace the prior of schedule=pfgm, which brings its own (PFGM is "
                           "PFGM++ with D = 1 on the z axis); drop the noise= override.")
     if "ClassifierGuidance" in str((cfg.get("guidance") or {}).get("_target_", "")):

@@ -74,9 +74,7 @@ class ForwardProcessSchedule(Schedule):
     def decode(self, x: Tensor) -> Tensor:
         """The inverse of ``encode``: data images in [−1, 1] are quantised to the K levels, the MASK value
         (below −1) becomes state K."""
-        K = self.levels
-        k = torch.round((x.to(torch.float64) + 1) / 2 * (K - 1)).long()
-        return torch.where(k < 0, torch.full_like(k, K), quantize(x, K))
+        return torch.where(x < -1, self.levels, quantize(x, self.levels))
 
     def prior_sample(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
         """x_1 (module docstring), drawn on the CPU generator's device then moved."""

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_lab.guidance import classifier_inputs
+from diffusion_lab.lightning.optim import adam_with_warmup
 from diffusion_lab.losses.base import gaussian_noise
 from diffusion_lab.schedules.base import Schedule
 
@@ -127,17 +128,7 @@ class NoiseClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation and checkpoints
     def configure_optimizers(self):
-        c = self.optim_cfg
-        if str(c["name"]).lower() not in ("adam", "adamw"):
-            raise ValueError(f"optimizer.name={c['name']!r} is not supported; use adam or adamw.")
-        cls = torch.optim.AdamW if str(c["name"]).lower() == "adamw" else torch.optim.Adam
-        opt = cls(self.classifier.parameters(), lr=c["lr"], betas=tuple(c["betas"]), eps=c["eps"],
-                  weight_decay=c["weight_decay"])
-        warmup = int(c["warmup_steps"])
-        if warmup <= 0:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adam_with_warmup(self.classifier.parameters(), self.optim_cfg)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["accuracy_by_noise"] = [dict(r) for r in self.accuracy_by_noise]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from diffusion_lab.denoiser import Denoiser
 from diffusion_lab.lightning.ema import EMA
+from diffusion_lab.lightning.optim import adam_with_warmup
 from diffusion_lab.parameterization import Parameterization
 from diffusion_lab.guidance import drop_labels
 from diffusion_lab.schedules.base import Schedule
@@ -160,23 +161,8 @@ class DiffusionModule(pl.LightningModule):
         self._step_images = 0
 
     def configure_optimizers(self):
-        c = self.optim_cfg
-        name = str(c["name"]).lower()
         params = [p for p in self.net.parameters() if p.requires_grad]
-        kw = dict(lr=c["lr"], betas=tuple(c["betas"]), eps=c["eps"], weight_decay=c["weight_decay"])
-        if torch.cuda.is_available():
-            kw["fused"] = True  # fused kernels where available (CUDA)
-        if name == "adam":
-            opt = torch.optim.Adam(params, **kw)
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, **kw)
-        else:
-            raise ValueError(f"optimizer.name={c['name']!r} is not supported; use adam or adamw.")
-        warmup = int(c["warmup_steps"])
-        if warmup <= 0:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adam_with_warmup(params, self.optim_cfg, fused=torch.cuda.is_available())  # fused kernels on CUDA
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:

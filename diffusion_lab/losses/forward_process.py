@@ -23,6 +23,12 @@ from diffusion_lab.parameterization import Parameterization
 from diffusion_lab.schedules.base import Schedule
 
 
+def _times(x0: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.device, torch.Tensor]:
+    """(the device the generator draws on, t ~ U(0, 1] per sample in float64 on x0's device)."""
+    dev = generator.device if generator is not None else x0.device
+    return dev, (1.0 - torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=dev)).to(x0.device)
+
+
 class ForwardProcessLoss(Loss):
     """MSE of x̂_0 at x_t = F_t(x_0, ε), t ~ U(0, 1] (module docstring)."""
 
@@ -44,8 +50,7 @@ class ForwardProcessLoss(Loss):
     def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
         self._check(model)
         process = model.schedule.process
-        dev = generator.device if generator is not None else x0.device
-        t = (1.0 - torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=dev)).to(x0.device)
+        dev, t = _times(x0, generator)
         x64 = x0.to(torch.float64)
         eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64, device=dev).to(x0.device)  # ε ~ N(0, I)
         x_t = process.apply(x64, t, eps)
@@ -75,10 +80,9 @@ class DiscreteForwardLoss(Loss):
     def __call__(self, model, x0, *, generator=None, net_kwargs=None) -> LossOutput:
         self._check(model)
         sch = model.schedule
-        dev = generator.device if generator is not None else x0.device
-        t = (1.0 - torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=dev)).to(x0.device)
+        dev, t = _times(x0, generator)
         states0 = sch.decode(x0)
-        x_t = sch.encode(sch.process.apply(states0.cpu() if dev.type == "cpu" else states0, t.to(dev), generator))
+        x_t = sch.encode(sch.process.apply(states0.to(dev), t.to(dev), generator))  # drawn where the generator lives
         logits = category_logits(model.raw(x_t.to(x0.device, x0.dtype), t.to(x0.dtype), **(net_kwargs or {})), x0, sch.levels)
         ce = torch.nn.functional.cross_entropy(logits.movedim(2, 1).float(), states0.to(x0.device), reduction="none")
         per_sample = mean_flat(ce)
