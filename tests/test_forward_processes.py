@@ -301,6 +301,20 @@ def test_discrete_sampler_with_the_exact_model_lands_on_the_image(kind, update):
     assert torch.equal(sch.decode(out.x), states.expand(6, 2, 3, 3))
 
 
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_discrete_update_option_reaches_the_step(kind):
+    # an uninformed model (uniform p(x_0 | x_t)): the posterior step keeps unmasked / likely states where the
+    # naive step re-draws everything, so from the same seed the two samples differ
+    sch, K = _discrete(kind), 5
+    den = Denoiser(lambda x, label: torch.zeros(x.shape[0], 2 * K, 3, 3, dtype=x.dtype), sch, "x0")
+    x_T = sch.prior_sample((8, 2, 3, 3), gen(3), torch.float64)
+    out = {u: Sampler("forward_process", steps=6, update=u)(den, x_T=x_T, generator=gen(4), progress=False).x
+           for u in ("posterior", "naive")}
+    assert not torch.equal(out["posterior"], out["naive"])
+    for x in out.values():  # both end on data levels, never on MASK
+        assert bool((sch.decode(x) < K).all())
+
+
 def test_discrete_schedules_refuse_continuous_losses_and_updates(build_run):
     from diffusion_lab.errors import ConfigError
 
